@@ -1,0 +1,289 @@
+/*
+ * km_acquire, km_unlock and the shorthands.
+ *
+ * Acquire, fast path: look the key up (or insert a fresh entry that is born
+ * held by us) and take a hold with one CAS on the state word. The CAS is the
+ * linearisation point of the acquire; it is an acquire operation, so the
+ * previous holder's writes (published by its release CAS) are visible.
+ * Slow path: spin briefly re-reading the word, then queue and park (wait.c).
+ *
+ * Release: one CAS drops the hold; if that leaves nobody holding or waiting,
+ * the same CAS sets DEAD (linearisation point of the removal), and the
+ * releaser unlinks the entry and retires it through RCU. If waiters remain,
+ * the releaser wakes or grants the next one.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#include "internal.h"
+
+#define KM_SPIN 100			/* state-word re-reads before queueing */
+
+#define KM_G_SHARED ((uintptr_t)1)	/* guard priv[1] bit: a shared hold */
+
+static __thread char km_self;		/* its address names the calling thread */
+
+const void *km_owner_of(const struct km_lock_options *opt)
+{
+	return opt != NULL && opt->owner != NULL ? opt->owner : (const void *)&km_self;
+}
+
+int km_key_ok(const void *key, size_t len)
+{
+	if (key == NULL && len > 0)
+		return EINVAL;
+	if (len > UINT32_MAX)
+		return EINVAL;
+	return 0;
+}
+
+int km_check_lock_options(const struct km *km, const struct km_lock_options *opt)
+{
+	if (opt == NULL)
+		return 0;
+	if (opt->flags & ~(KM_SHARED | KM_TRY))
+		return EINVAL;
+	if ((opt->flags & KM_SHARED) && km->max_holders > 1)
+		return EINVAL;
+	if (opt->deadline != NULL &&
+	    (opt->deadline->tv_nsec < 0 || opt->deadline->tv_nsec >= 1000000000L))
+		return EINVAL;
+	return 0;
+}
+
+void km_count(struct km *km, int outcome)
+{
+	struct km_stripe *st = km_my_stripe(km);
+
+	switch (outcome) {
+	case ETIMEDOUT: km_add_relaxed(&st->timeouts, 1); break;
+	case ECANCELED: km_add_relaxed(&st->cancels, 1); break;
+	case EAGAIN: km_add_relaxed(&st->rejected, 1); break;
+	default: break;
+	}
+}
+
+void km_guard_fill(struct km_guard *g, struct km *km, struct km_entry *e,
+		   unsigned wflags, const void *owner)
+{
+	g->priv[0] = (uintptr_t)km;
+	g->priv[1] = (uintptr_t)e | ((wflags & KM_WF_SHARED) ? KM_G_SHARED : 0);
+	g->priv[2] = 0;
+	g->priv[3] = (uintptr_t)owner;
+}
+
+/* Drop one hold of e (see the file comment). */
+static void km_release(struct km *km, struct km_entry *e, uint64_t h)
+{
+	struct km_done done;
+	uint64_t s, n;
+
+	km_done_init(&done);
+	km_rcu_read_lock();
+	s = km_load_relaxed(&e->state);
+#ifdef KM_SEED_BUG
+	/* TEST ONLY: the seed's bug, remove-then-release. The last holder takes
+	 * the entry out of the table before releasing it, so a thread that
+	 * already found it (and waits on it) will hold it while a newcomer
+	 * creates a fresh entry for the same key: two holders. */
+	if (km_s_holders(s) == 1)
+		km_table_unlink(km, e, h);
+#endif
+	/* Retries when waiters joined or left, or other holders changed the
+	 * word; release orders our critical section before the next holder's. */
+	do {
+		n = km_s_put(s);
+		if (km_s_unused(n))
+			n = KM_S_DEAD;
+	} while (!km_cas_release(&e->state, &s, n));
+
+	if (km_s_dead(n)) {
+		km_kill(km, e, h);
+	} else if (km_s_waiters(n) != 0 &&
+		   (!(n & KM_S_WAKING) || (n & KM_S_HANDOFF) || (km->flags & KM_FIFO))) {
+		km_qlock(e);
+		km_dispatch(km, e, &done);
+		km_qunlock(e);
+	}
+	km_rcu_read_unlock();
+	km_done_deliver(&done);	/* ready() never runs in a read-side section */
+}
+
+int km_acquire(struct km *km, const void *key, size_t len,
+	       const struct km_lock_options *opt, struct km_guard *g)
+{
+	struct km_token *tok;
+	struct km_entry *e;
+	const void *owner = NULL;
+	unsigned flags;
+	bool shared, inserted, contended = false;
+	uint64_t h, s, born;
+	int rc;
+
+	if (g == NULL)
+		return EINVAL;
+	memset(g, 0, sizeof *g);
+	if (km == NULL || km_key_ok(key, len) != 0)
+		return EINVAL;
+	rc = km_check_lock_options(km, opt);
+	if (rc != 0)
+		return rc;
+	flags = opt != NULL ? opt->flags : 0;
+	shared = (flags & KM_SHARED) != 0;
+	tok = opt != NULL ? opt->cancel : NULL;
+	if (tok != NULL && km_token_cancelled(tok)) {
+		km_count(km, ECANCELED);
+		return ECANCELED;
+	}
+	if (km->flags & KM_OWNER_FLAGS)
+		owner = km_owner_of(opt);
+
+	h = km_hash(km, key, len);
+	born = km_s_take(0, shared, km->max_holders);
+	km_rcu_read_lock();
+retry:
+	e = km_table_find_or_insert(km, h, key, len, born, &inserted);
+	if (e == NULL) {
+		km_rcu_read_unlock();
+		return ENOMEM;
+	}
+	if (inserted)
+		goto got;
+	if (owner != NULL && km_load_relaxed(&e->owner) == owner) {
+		/* Only this owner stores itself here, and clears it before
+		 * releasing: equality means it holds the key exclusively. */
+		km_rcu_read_unlock();
+		if (km->flags & KM_ERRORCHECK)
+			return EDEADLK;
+		e->recursion++;
+		km_guard_fill(g, km, e, 0, owner);
+		g->priv[2] = h;
+		km_add_relaxed(&km_my_stripe(km)->acquired, 1);
+		return 0;
+	}
+
+	s = km_load_acquire(&e->state);
+	/* Take a hold if no queued request comes first. Retries when another
+	 * thread changed the word between our read and our CAS. */
+	for (unsigned spin = 0;; spin++) {
+		if (km_s_dead(s))
+			goto retry;	/* never revive: find or insert a fresh one */
+		if (km_may_barge(km, s, shared)) {
+			if (km_cas_acquire(&e->state, &s, km_s_take(s, shared, km->max_holders)))
+				goto got;
+			continue;
+		}
+		if ((flags & KM_TRY) || spin >= KM_SPIN || km_s_waiters(s) != 0)
+			break;
+		km_cpu_relax();
+		s = km_load_acquire(&e->state);
+	}
+	if (flags & KM_TRY) {
+		km_rcu_read_unlock();
+		return EBUSY;
+	}
+	if (opt != NULL && km_deadline_passed(opt->deadline)) {
+		km_rcu_read_unlock();
+		km_count(km, ETIMEDOUT);
+		return ETIMEDOUT;
+	}
+	rc = km_wait_sync(km, e, shared ? KM_WF_SHARED : 0,
+			  opt != NULL ? opt->deadline : NULL, tok, &contended);
+	if (rc == KM_RETRY)
+		goto retry;
+	if (rc != 0) {
+		km_count(km, rc);
+		return rc;
+	}
+	goto got_unlocked;
+got:
+	km_rcu_read_unlock();
+got_unlocked:
+	if (owner != NULL && !shared) {
+		e->recursion = 0;
+		km_store_relaxed(&e->owner, owner);
+	}
+	km_guard_fill(g, km, e, shared ? KM_WF_SHARED : 0, owner);
+	g->priv[2] = h;
+	{
+		struct km_stripe *st = km_my_stripe(km);
+
+		km_add_relaxed(&st->acquired, 1);
+		if (contended)
+			km_add_relaxed(&st->contended, 1);
+	}
+	return 0;
+}
+
+int km_unlock_owner(struct km_guard *g, const void *owner)
+{
+	struct km_entry *e;
+	struct km *km;
+	uint64_t h;
+	bool shared;
+
+	if (g == NULL)
+		return EINVAL;
+	e = (struct km_entry *)(g->priv[1] & ~(uintptr_t)15);
+	km = (struct km *)g->priv[0];
+	if (e == NULL || km == NULL)
+		return EPERM;
+	shared = (g->priv[1] & KM_G_SHARED) != 0;
+	if ((km->flags & KM_ERRORCHECK) &&
+	    (const void *)g->priv[3] != (owner != NULL ? owner : (const void *)&km_self))
+		return EPERM;
+	h = g->priv[2];
+	memset(g, 0, sizeof *g);
+	if ((km->flags & KM_OWNER_FLAGS) && !shared) {
+		if (e->recursion > 0) {		/* a nested hold of the owner */
+			e->recursion--;
+			return 0;
+		}
+		km_store_relaxed(&e->owner, NULL);
+	}
+	km_release(km, e, h);
+	return 0;
+}
+
+int km_unlock(struct km_guard *g)
+{
+	return km_unlock_owner(g, NULL);
+}
+
+int km_lock(struct km *km, const void *key, size_t len, struct km_guard *g)
+{
+	return km_acquire(km, key, len, NULL, g);
+}
+
+int km_trylock(struct km *km, const void *key, size_t len, struct km_guard *g)
+{
+	struct km_lock_options o = { .flags = KM_TRY };
+
+	return km_acquire(km, key, len, &o, g);
+}
+
+int km_timedlock(struct km *km, const void *key, size_t len,
+		 const struct timespec *deadline, struct km_guard *g)
+{
+	struct km_lock_options o = { .deadline = deadline };
+
+	return km_acquire(km, key, len, &o, g);
+}
+
+int km_lock_shared(struct km *km, const void *key, size_t len, struct km_guard *g)
+{
+	struct km_lock_options o = { .flags = KM_SHARED };
+
+	return km_acquire(km, key, len, &o, g);
+}
+
+int km_trylock_shared(struct km *km, const void *key, size_t len, struct km_guard *g)
+{
+	struct km_lock_options o = { .flags = KM_SHARED | KM_TRY };
+
+	return km_acquire(km, key, len, &o, g);
+}
+
+unsigned km_version(void)
+{
+	return (KM_VERSION_MAJOR << 16) | (KM_VERSION_MINOR << 8) | KM_VERSION_PATCH;
+}

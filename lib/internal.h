@@ -1,0 +1,239 @@
+/*
+ * keymutex internals: the shapes every lib/ file shares. Never installed.
+ *
+ * One concern per file:
+ *   state.h    the entry's state word and the grant rules
+ *   atomic.h   the few atomic operations used, spelled as GCC __atomic builtins
+ *   rcu.h      read-side sections and reclamation annotations
+ *   hash.c     keyed SipHash-1-3
+ *   table.c    the sharded lock-free table: find-or-insert, unlink
+ *   pool.c     entry allocation, the bounded pool, RCU retirement in batches
+ *   wait.c     the per-key wait queue: enqueue, dispatch (grant/wake), park
+ *   acquire.c  km_acquire / km_unlock and the shorthands
+ *   multi.c    km_acquire_all / km_unlock_all
+ *   token.c    cancellation tokens
+ *   async.c    km_acquire_async, completions, ports
+ *   timer.c    the timer thread that fires async deadlines
+ *   stats.c    km_stats, km_query
+ *   km.c       km_create, km_destroy, options
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef KM_INTERNAL_H
+#define KM_INTERNAL_H
+
+#define KM_BUILDING_LIBRARY 1
+#include "keymutex.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#include "atomic.h"
+#include "rcu.h"
+#include "state.h"
+
+#define KM_HIDDEN __attribute__((visibility("hidden")))
+#define KM_CACHELINE 64
+#define KM_ALIGNED __attribute__((aligned(KM_CACHELINE)))
+#define km_likely(x) __builtin_expect(!!(x), 1)
+#define km_unlikely(x) __builtin_expect(!!(x), 0)
+#define km_container_of(p, type, member) \
+	((type *)(void *)((char *)(p) - offsetof(type, member)))
+
+struct km_waiter;
+struct km_done;
+
+/*
+ * One key's entry. Reachable from its bucket while linked; readers that found
+ * it inside an RCU read-side section may keep reading it until they leave that
+ * section, even after it died and was unlinked, so fields read without a
+ * reference (next, state, hash, len, key, owner, qlock) keep their meaning
+ * until the grace period ends. Fields only touched after death (link,
+ * depth, rcu, retire_km) are never read by such readers.
+ */
+struct km_entry {
+	uintptr_t next;			/* bucket chain; bit 0: logically deleted (Harris) */
+	uint64_t state;			/* the state word (state.h) */
+	uint32_t hash;			/* high half of the keyed hash: cheap compare */
+	uint32_t len;			/* key length */
+	uint32_t qlock;			/* queue lock: 0 free, 1 held */
+	union {
+		uint32_t recursion;	/* nested holds of the owner (owner tables) */
+		uint32_t depth;		/* on a pool/retire stack: its depth; batch head: stripe */
+	};
+	struct km_waiter *qtail;	/* wait queue, circular: qtail->next is the head */
+	const void *owner;		/* exclusive owner (owner tables), else NULL */
+	uintptr_t link;			/* pool / retire stack link; on a retire stack the
+					   bottom entry's link is (table | 1) */
+	struct km_rcu_head rcu;		/* batch head only: call_rcu */
+	unsigned char key[];		/* len bytes */
+};
+
+/* Size classes: entries with short keys are pooled by key capacity. */
+#define KM_CLASSES 4
+#define KM_CLASS_STEP 16		/* capacities 16, 32, 48, 64 */
+#define KM_POOLED_KEYLEN (KM_CLASSES * KM_CLASS_STEP)
+
+static inline unsigned km_class_of(size_t len)
+{
+	return len == 0 ? 0 : (unsigned)((len - 1) / KM_CLASS_STEP);
+}
+
+/* A waiter: one queued request, sync or async. Fits km_request.priv. */
+enum { KM_W_QUEUED = 0, KM_W_GRANTED = 1, KM_W_TIMEDOUT = 2, KM_W_CANCELLED = 3, KM_W_DONE = 4,
+       KM_W_PREP = 5 };
+#define KM_WF_SHARED 0x1u		/* wants shared mode */
+#define KM_WF_ASYNC  0x2u		/* an async request (granted directly, completed by callback) */
+#define KM_WF_WOKEN  0x4u		/* barging wake delivered, not yet acted on */
+
+struct km_waiter {
+	struct km_waiter *next, *prev;	/* circular queue links, under the entry's qlock */
+	struct km_entry *entry;		/* the entry it waits on (holds a waiter count) */
+	uint32_t status;		/* KM_W_*; changed under qlock, read atomically */
+	uint16_t flags;			/* KM_WF_* */
+	uint16_t cancel;		/* set by a token cancel (sync) */
+	struct km_token *token;		/* registered with, or NULL */
+	struct km_waiter *tnext, *tprev; /* token registration links, under the token lock */
+	uint32_t futex;			/* sync: 0 while asleep, 1 = look again */
+	uint32_t heap_idx;		/* async: index in the timer heap + 1, 0 = none */
+};
+_Static_assert(sizeof(struct km_waiter) <= 8 * sizeof(uintptr_t),
+	       "an async waiter lives in km_request.priv");
+
+/* A thread's stripe of per-table state: mostly touched by one thread. */
+struct km_stripe {
+	struct km_entry *pool[KM_CLASSES]; /* free entries, Treiber stacks */
+	struct km_entry *retire;	/* dead entries waiting for a batch */
+	uint32_t pool_cap;		/* this stripe's share of pool_size */
+	uint64_t acquired, contended, timeouts, cancels, rejected;
+} KM_ALIGNED;
+
+#define KM_STRIPES 64			/* power of two */
+#define KM_RETIRE_BATCH 64		/* dead entries per call_rcu */
+
+struct km_shard {
+	uintptr_t *buckets;		/* bucket heads (entry pointers) */
+	size_t mask;			/* buckets - 1 */
+} KM_ALIGNED;
+
+struct km {
+	uint64_t seed[2];		/* SipHash key */
+	unsigned shard_shift;		/* 64 - log2(shards) */
+	unsigned nshards;
+	unsigned max_holders;		/* >= 1 */
+	unsigned max_waiters;		/* 0 = unlimited */
+	unsigned flags;			/* KM_FIFO | KM_RECURSIVE | KM_ERRORCHECK */
+	size_t pool_size;
+	struct km_shard *shards;
+	struct km_stripe stripes[KM_STRIPES];
+};
+
+#define KM_OWNER_FLAGS (KM_RECURSIVE | KM_ERRORCHECK)
+
+/* hash.c */
+KM_HIDDEN uint64_t km_hash(const struct km *km, const void *key, size_t len);
+KM_HIDDEN int km_random_seed(uint64_t seed[2]);
+
+/* table.c */
+KM_HIDDEN struct km_entry *km_table_find_or_insert(struct km *km, uint64_t h,
+						   const void *key, size_t len,
+						   uint64_t born, bool *inserted);
+KM_HIDDEN void km_table_unlink(struct km *km, struct km_entry *e, uint64_t h);
+KM_HIDDEN uint64_t km_entry_rehash(const struct km *km, const struct km_entry *e);
+typedef int km_walk_fn(struct km_entry *e, uint64_t state, void *arg);
+KM_HIDDEN int km_table_walk(struct km *km, km_walk_fn *fn, void *arg);
+
+/* pool.c */
+KM_HIDDEN struct km_entry *km_entry_alloc(struct km *km, size_t len);
+KM_HIDDEN void km_entry_retire(struct km *km, struct km_entry *e);
+KM_HIDDEN int km_pool_prefill(struct km *km, size_t n);
+KM_HIDDEN void km_pool_drain(struct km *km);
+KM_HIDDEN size_t km_pool_count(struct km *km);
+KM_HIDDEN struct km_stripe *km_my_stripe(struct km *km);
+KM_HIDDEN void *km_malloc(size_t size);
+
+/* wait.c */
+KM_HIDDEN void km_qlock(struct km_entry *e);
+KM_HIDDEN void km_qunlock(struct km_entry *e);
+KM_HIDDEN void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done);
+KM_HIDDEN void km_queue_remove(struct km_entry *e, struct km_waiter *w);
+KM_HIDDEN void km_queue_append(struct km_entry *e, struct km_waiter *w);
+KM_HIDDEN bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
+			     struct km_done *done);
+KM_HIDDEN void km_kill(struct km *km, struct km_entry *e, uint64_t h);
+#define KM_RETRY (-1)			/* the entry died under us: look the key up again */
+KM_HIDDEN int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
+			   const struct timespec *deadline, struct km_token *tok,
+			   bool *contended);
+KM_HIDDEN int km_futex_wait(uint32_t *addr, uint32_t val, const struct timespec *deadline);
+KM_HIDDEN void km_futex_wake(uint32_t *addr);
+KM_HIDDEN uint64_t km_now_ns(void);
+KM_HIDDEN bool km_deadline_passed(const struct timespec *deadline);
+
+/*
+ * Grants and wakes decided under a qlock, delivered after it: futex wakes of
+ * sync waiters (by address: a sync waiter may return as soon as it sees its
+ * futex word set, so its node is not touched after the qlock is dropped) and
+ * completions of async requests (whose nodes live until ready() ran).
+ */
+#define KM_DONE_WAKES 16
+struct km_done {
+	struct km_waiter *async_first;	/* singly linked through ->next */
+	struct km_waiter **async_tail;
+	unsigned nwake;
+	uint32_t *wake[KM_DONE_WAKES];
+};
+static inline void km_done_init(struct km_done *d)
+{
+	d->async_first = NULL;
+	d->async_tail = &d->async_first;
+	d->nwake = 0;
+}
+KM_HIDDEN void km_done_deliver(struct km_done *d);
+KM_HIDDEN void km_done_async(struct km_done *d, struct km_waiter *w);
+
+/* May a newcomer take the key now, given the waiters queued ahead of it? */
+static inline bool km_may_barge(const struct km *km, uint64_t s, bool shared)
+{
+	if (!km_s_compatible(s, shared, km->max_holders))
+		return false;
+	if (km_s_waiters(s) == 0)
+		return true;
+	if (shared || (km->flags & KM_FIFO))
+		return false;		/* shared: never ahead of a queued request */
+	return !(s & KM_S_HANDOFF);
+}
+
+/* acquire.c */
+KM_HIDDEN void km_guard_fill(struct km_guard *g, struct km *km, struct km_entry *e,
+			     unsigned wflags, const void *owner);
+KM_HIDDEN const void *km_owner_of(const struct km_lock_options *opt);
+KM_HIDDEN int km_check_lock_options(const struct km *km, const struct km_lock_options *opt);
+KM_HIDDEN int km_key_ok(const void *key, size_t len);
+KM_HIDDEN void km_count(struct km *km, int outcome);
+
+/* token.c */
+KM_HIDDEN int km_token_register(struct km_token *t, struct km_waiter *w);
+KM_HIDDEN void km_token_unregister(struct km_token *t, struct km_waiter *w);
+KM_HIDDEN bool km_token_cancelled(const struct km_token *t);
+
+/* async.c */
+KM_HIDDEN void km_async_complete(struct km_waiter *w);
+KM_HIDDEN int km_async_try_cancel(struct km_waiter *w, uint32_t why, struct km_done *done);
+
+/* timer.c */
+KM_HIDDEN int km_timer_add(struct km_waiter *w, const struct timespec *deadline);
+KM_HIDDEN void km_timer_remove(struct km_waiter *w);
+
+/* fault injection (tests only; compiled to nothing otherwise) */
+#ifdef KM_FAULT_INJECTION
+KM_HIDDEN bool km_fault_hit(void);
+#else
+static inline bool km_fault_hit(void) { return false; }
+#endif
+
+#endif /* KM_INTERNAL_H */

@@ -1,0 +1,217 @@
+/*
+ * Entry memory: allocation, the bounded pool of free entries, and
+ * retirement of dead entries through RCU, one call_rcu per batch.
+ *
+ * Each table has KM_STRIPES stripes; a thread uses the stripe of its slot
+ * (a number it draws once), so the pool and retire stacks it touches are
+ * almost always its own cache lines. Entries with keys up to
+ * KM_POOLED_KEYLEN bytes come in KM_CLASSES size classes and are pooled;
+ * longer keys get an exact allocation that is freed after its grace period.
+ *
+ * ABA on the pool stacks: a pop reads head A and A->link, then CASes the head
+ * from A to A->link. A can only come back onto a pool stack through a grace
+ * period (every push of a used entry happens in an RCU callback), and every
+ * pop runs inside a read-side section, so A cannot leave and return while a
+ * pop that saw it is in progress. Entries that were never published (a lost
+ * insert race) are retired the same way, not pushed back directly.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+
+static unsigned km_next_slot;			/* slot numbers handed out so far */
+static __thread unsigned km_tls_slot;		/* this thread's slot + 1; 0 = none yet */
+
+static inline unsigned km_slot(void)
+{
+	unsigned s = km_tls_slot;
+
+	if (km_unlikely(s == 0)) {
+		s = __atomic_add_fetch(&km_next_slot, 1, __ATOMIC_RELAXED);
+		if (s == 0)		/* wrapped after 2^32 threads */
+			s = __atomic_add_fetch(&km_next_slot, 1, __ATOMIC_RELAXED);
+		km_tls_slot = s;
+	}
+	return (s - 1) & (KM_STRIPES - 1);
+}
+
+struct km_stripe *km_my_stripe(struct km *km)
+{
+	return &km->stripes[km_slot()];
+}
+
+void *km_malloc(size_t size)
+{
+	if (km_fault_hit())
+		return NULL;
+	return malloc(size);
+}
+
+static size_t km_entry_size(unsigned cls)
+{
+	return sizeof(struct km_entry) + (size_t)(cls + 1) * KM_CLASS_STEP;
+}
+
+/* Pop from a pool stack; the caller is inside a read-side section. */
+static struct km_entry *km_pool_pop(struct km_entry **top)
+{
+	struct km_entry *e = km_load_acquire(top);
+
+	/* Retries when another pop or a push moved the head meanwhile. */
+	while (e != NULL &&
+	       !km_cas_acquire(top, &e, (struct km_entry *)km_load_relaxed(&e->link)))
+		;
+	return e;
+}
+
+/* Push onto a pool stack if it holds fewer than cap entries; false if full. */
+static bool km_pool_push(struct km_entry **top, struct km_entry *e, uint32_t cap)
+{
+	struct km_entry *old = km_load_relaxed(top);
+
+	/* Retries when a pop or another push moved the head meanwhile. */
+	do {
+		uint32_t depth = old ? km_load_relaxed(&old->depth) + 1 : 1;
+
+		if (depth > cap)
+			return false;
+		km_store_relaxed(&e->link, (uintptr_t)old);
+		km_store_relaxed(&e->depth, depth);
+	} while (!km_cas_release(top, &old, e));
+	return true;
+}
+
+struct km_entry *km_entry_alloc(struct km *km, size_t len)
+{
+	struct km_entry *e;
+
+	if (len <= KM_POOLED_KEYLEN) {
+		unsigned cls = km_class_of(len);
+		struct km_stripe *st = km_my_stripe(km);
+
+		e = km_pool_pop(&st->pool[cls]);
+		if (e != NULL)
+			return e;
+		return km_malloc(km_entry_size(cls));
+	}
+	if (len > UINT32_MAX || len > SIZE_MAX - sizeof(struct km_entry))
+		return NULL;
+	return km_malloc(sizeof(struct km_entry) + len);
+}
+
+/* Return one reclaimed entry to its table's pool, or free it. */
+static void km_entry_reclaim(struct km *km, struct km_entry *e, unsigned stripe)
+{
+	if (e->len <= KM_POOLED_KEYLEN && km->pool_size != 0) {
+		struct km_stripe *st = &km->stripes[stripe];
+
+		if (km_pool_push(&st->pool[km_class_of(e->len)], e, st->pool_cap))
+			return;
+	}
+	free(e);
+}
+
+/* call_rcu callback: a grace period has passed since the batch was retired. */
+static void km_reclaim_batch(struct rcu_head *head)
+{
+	struct km_entry *first = km_container_of(head, struct km_entry, rcu);
+	unsigned stripe = first->depth;
+	uintptr_t l = (uintptr_t)first;
+	struct km *km;
+
+	km_rcu_reclaim_begin();
+	/* The bottom entry's link names the table. */
+	while (!(l & 1))
+		l = ((struct km_entry *)l)->link;
+	km = (struct km *)(l & ~(uintptr_t)1);
+	for (l = (uintptr_t)first; !(l & 1);) {
+		struct km_entry *e = (struct km_entry *)l;
+
+		l = e->link;
+		km_entry_reclaim(km, e, stripe);
+	}
+}
+
+/* Hand a whole retire stack to call_rcu. */
+static void km_retire_flush(struct km *km, unsigned stripe)
+{
+	struct km_entry *batch = km_xchg_acq_rel(&km->stripes[stripe].retire, NULL);
+
+	if (batch == NULL)
+		return;
+	km_store_relaxed(&batch->depth, stripe); /* the batch head's depth now names its stripe */
+	km_call_rcu(&batch->rcu, km_reclaim_batch);
+}
+
+void km_entry_retire(struct km *km, struct km_entry *e)
+{
+	unsigned slot = km_slot();
+	struct km_stripe *st = &km->stripes[slot];
+	struct km_entry *old = km_load_relaxed(&st->retire);
+	uint32_t depth;
+
+	/* Retries when another thread of this slot pushed or flushed. */
+	do {
+		depth = old ? km_load_relaxed(&old->depth) + 1 : 1;
+		km_store_relaxed(&e->link, old ? (uintptr_t)old : ((uintptr_t)km | 1));
+		km_store_relaxed(&e->depth, depth);
+	} while (!km_cas_release(&st->retire, &old, e));
+	if (depth >= KM_RETIRE_BATCH)
+		km_retire_flush(km, slot);
+}
+
+int km_pool_prefill(struct km *km, size_t n)
+{
+	/* Spread the entries over the stripes and classes, smallest class first
+	 * (the common short key). Nothing else sees the table yet. */
+	for (size_t i = 0; i < n; i++) {
+		unsigned stripe = (unsigned)(i % KM_STRIPES);
+		struct km_stripe *st = &km->stripes[stripe];
+		struct km_entry *e = km_malloc(km_entry_size(0));
+
+		if (e == NULL)
+			return ENOMEM;
+		e->len = 0;
+		if (!km_pool_push(&st->pool[0], e, st->pool_cap)) {
+			free(e);
+			break;
+		}
+	}
+	return 0;
+}
+
+void km_pool_drain(struct km *km)
+{
+	for (unsigned s = 0; s < KM_STRIPES; s++)
+		km_retire_flush(km, s);
+	km_rcu_barrier();	/* every batch callback of this table has run */
+	for (unsigned s = 0; s < KM_STRIPES; s++) {
+		for (unsigned c = 0; c < KM_CLASSES; c++) {
+			struct km_entry *e = km->stripes[s].pool[c];
+
+			while (e != NULL) {
+				struct km_entry *next = (struct km_entry *)e->link;
+
+				free(e);
+				e = next;
+			}
+			km->stripes[s].pool[c] = NULL;
+		}
+	}
+}
+
+size_t km_pool_count(struct km *km)
+{
+	size_t n = 0;
+
+	for (unsigned s = 0; s < KM_STRIPES; s++)
+		for (unsigned c = 0; c < KM_CLASSES; c++) {
+			struct km_entry *e = km_load_acquire(&km->stripes[s].pool[c]);
+
+			if (e != NULL)
+				n += km_load_relaxed(&e->depth);
+		}
+	return n;
+}

@@ -1,0 +1,153 @@
+/*
+ * The sharded lock-free table.
+ *
+ * Each shard is an array of buckets; each bucket a singly linked chain of
+ * entries. All operations are lock-free and run inside an RCU read-side
+ * section:
+ *
+ *  - find-or-insert walks the chain for a live entry of the key; if there is
+ *    none it pushes a fresh entry at the chain's head with one CAS on the
+ *    bucket. Entries are only ever inserted at the head, so if the head has
+ *    not changed since the walk began, no live entry of the key was added
+ *    meanwhile: two fresh entries for one key can never both be live.
+ *  - unlink (Harris/Michael): the entry's own next pointer is marked first
+ *    (logical deletion, after which nothing is linked behind it), then the
+ *    predecessor's pointer is swung past it. Any walker that meets a marked
+ *    node may finish the unlink; only the thread that killed the entry
+ *    retires it, once it is unreachable.
+ *
+ * Entries are never freed while a reader may hold a pointer to them: retired
+ * entries wait for an RCU grace period (pool.c).
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#include "internal.h"
+
+#define KM_MARK ((uintptr_t)1)
+
+static inline uintptr_t *km_bucket(struct km *km, uint64_t h)
+{
+	struct km_shard *sh = &km->shards[km->nshards > 1 ? (h >> km->shard_shift) : 0];
+
+	return &sh->buckets[h & sh->mask];
+}
+
+static inline bool km_entry_is(const struct km_entry *e, uint32_t tag,
+			       const void *key, size_t len)
+{
+	return e->hash == tag && e->len == len && (len == 0 || memcmp(e->key, key, len) == 0);
+}
+
+uint64_t km_entry_rehash(const struct km *km, const struct km_entry *e)
+{
+	return km_hash(km, e->key, e->len);
+}
+
+struct km_entry *km_table_find_or_insert(struct km *km, uint64_t h, const void *key,
+					 size_t len, uint64_t born, bool *inserted)
+{
+	uintptr_t *bucket = km_bucket(km, h);
+	uint32_t tag = (uint32_t)(h >> 32);
+	struct km_entry *fresh = NULL;
+	uintptr_t head = km_load_acquire(bucket);
+
+	for (;;) {
+		/* Look for a live entry of the key in the chain as it is now. */
+		for (uintptr_t p = head; p != 0;) {
+			struct km_entry *e = (struct km_entry *)p;
+			uintptr_t next = km_load_acquire(&e->next);
+
+			if (!(next & KM_MARK) && km_entry_is(e, tag, key, len) &&
+			    !km_s_dead(km_load_relaxed(&e->state))) {
+				if (fresh != NULL)
+					km_entry_retire(km, fresh); /* never published */
+				*inserted = false;
+				return e;
+			}
+			p = next & ~KM_MARK;
+		}
+		if (fresh == NULL) {
+			fresh = km_entry_alloc(km, len);
+			if (fresh == NULL)
+				return NULL;
+			fresh->hash = tag;
+			fresh->len = (uint32_t)len;
+			if (len != 0)
+				memcpy(fresh->key, key, len);
+			fresh->owner = NULL;
+			fresh->recursion = 0;
+			fresh->qlock = 0;
+			fresh->qtail = NULL;
+			fresh->state = born;
+		}
+		fresh->next = head;
+		/* Publish: release orders the key bytes and the born state before
+		 * the pointer; on failure a new head was pushed or the first node
+		 * was unlinked, and the walk must see the chain again. */
+		if (__atomic_compare_exchange_n(bucket, &head, (uintptr_t)fresh, false,
+						__ATOMIC_RELEASE, __ATOMIC_ACQUIRE)) {
+			*inserted = true;
+			return fresh;
+		}
+	}
+}
+
+void km_table_unlink(struct km *km, struct km_entry *e, uint64_t h)
+{
+	uintptr_t *bucket = km_bucket(km, h);
+	uintptr_t next = km_load_relaxed(&e->next);
+
+	/* Logical deletion: mark our next pointer. Retries only when a helper
+	 * unlinked our successor and changed it; already marked (the seed-bug
+	 * test build unlinks early) is fine. */
+	while (!(next & KM_MARK) &&
+	       !km_cas_acq_rel(&e->next, &next, next | KM_MARK))
+		;
+
+restart:
+	for (uintptr_t *prev = bucket;;) {
+		uintptr_t cur = km_load_acquire(prev);
+
+		if (cur & KM_MARK)
+			goto restart;	/* our predecessor is being deleted */
+		if (cur == 0)
+			return;		/* e is no longer reachable: someone unlinked it */
+		struct km_entry *c = (struct km_entry *)cur;
+		uintptr_t cnext = km_load_acquire(&c->next);
+
+		if (cnext & KM_MARK) {
+			/* c is deleted: swing prev past it. Fails when prev changed
+			 * (a head insert, another unlink) or prev got marked. */
+			if (!km_cas_acq_rel(prev, &cur, cnext & ~KM_MARK))
+				goto restart;
+			if (c == e)
+				return;
+			continue;	/* prev now points past c */
+		}
+		prev = &c->next;
+	}
+}
+
+int km_table_walk(struct km *km, km_walk_fn *fn, void *arg)
+{
+	for (unsigned s = 0; s < km->nshards; s++) {
+		struct km_shard *sh = &km->shards[s];
+
+		for (size_t b = 0; b <= sh->mask; b++) {
+			for (uintptr_t p = km_load_acquire(&sh->buckets[b]); p != 0;) {
+				struct km_entry *e = (struct km_entry *)(p & ~KM_MARK);
+				uintptr_t next = km_load_acquire(&e->next);
+				uint64_t st = km_load_acquire(&e->state);
+
+				if (!(next & KM_MARK) && !km_s_dead(st)) {
+					int r = fn(e, st, arg);
+
+					if (r != 0)
+						return r;
+				}
+				p = next & ~KM_MARK;
+			}
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,371 @@
+/*
+ * The per-key wait queue: one queue per entry for sync and async, shared and
+ * exclusive requests alike, so hand-off order, KM_FIFO, the fairness bound,
+ * timeouts, cancellation and max_waiters live in one place.
+ *
+ * The queue and the WAIT count of the state word change together under the
+ * entry's qlock, a tiny test-and-test-and-set lock held for a few pointer
+ * updates. Holders never take it to acquire; a release takes it only when
+ * the state word shows waiters that may proceed.
+ *
+ * Two ways a queued request gets the key:
+ *  - barging mode (default, exclusive sync heads): the releaser drops its
+ *    hold and wakes the head (WAKING), which retries like a newcomer. Fast
+ *    under churn, as pthread mutexes are. A head that has waited longer than
+ *    KM_STARVE_NS sets HANDOFF, after which newcomers queue and the next
+ *    release grants to the head directly: nobody starves.
+ *  - direct grant (KM_FIFO, HANDOFF, async requests, shared requests): the
+ *    releaser (or whoever made the key grantable) takes the hold on the head's
+ *    behalf in the state word and dequeues it; a run of shared heads is
+ *    granted at once. One waiter (or one shared run) per release: no herd.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#include "internal.h"
+
+#include <ck_backoff.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define KM_STARVE_NS 1000000u		/* fairness bound: 1 ms */
+
+uint64_t km_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+bool km_deadline_passed(const struct timespec *deadline)
+{
+	struct timespec now;
+
+	if (deadline == NULL)
+		return false;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > deadline->tv_sec ||
+	       (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+int km_futex_wait(uint32_t *addr, uint32_t val, const struct timespec *deadline)
+{
+	/* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
+	long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, val,
+			 deadline, NULL, FUTEX_BITSET_MATCH_ANY);
+
+	if (r == -1 && errno == ETIMEDOUT)
+		return ETIMEDOUT;
+	return 0;		/* woken, value changed (EAGAIN) or EINTR: look again */
+}
+
+void km_futex_wake(uint32_t *addr)
+{
+	syscall(SYS_futex, addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, 1, NULL, NULL, 0);
+}
+
+void km_qlock(struct km_entry *e)
+{
+	ck_backoff_t backoff = CK_BACKOFF_INITIALIZER;
+	unsigned spins = 0;
+
+	for (;;) {
+		uint32_t free_ = 0;
+
+		/* Test, then test-and-set: spin on a shared read, CAS only when
+		 * the lock looks free; fails when another thread got it first. */
+		if (km_load_relaxed(&e->qlock) == 0 &&
+		    km_cas_acquire(&e->qlock, &free_, 1))
+			return;
+		if (++spins < 64) {
+			ck_backoff_eb(&backoff);
+		} else {
+			/* The holder may be preempted (more threads than cores). */
+			sched_yield();
+		}
+	}
+}
+
+void km_qunlock(struct km_entry *e)
+{
+	km_store_release(&e->qlock, 0);
+}
+
+void km_queue_append(struct km_entry *e, struct km_waiter *w)
+{
+	struct km_waiter *tail = e->qtail;
+
+	if (tail == NULL) {
+		w->next = w->prev = w;
+	} else {
+		struct km_waiter *head = tail->next;
+
+		w->next = head;
+		w->prev = tail;
+		tail->next = w;
+		head->prev = w;
+	}
+	e->qtail = w;
+}
+
+void km_queue_remove(struct km_entry *e, struct km_waiter *w)
+{
+	if (w->next == w) {
+		e->qtail = NULL;
+	} else {
+		w->prev->next = w->next;
+		w->next->prev = w->prev;
+		if (e->qtail == w)
+			e->qtail = w->prev;
+	}
+	w->next = w->prev = NULL;
+}
+
+/* Record a sync waiter's wake: the futex word is set now, under the qlock;
+ * the syscall comes after the qlock is dropped. */
+static void km_done_wake(struct km_done *d, struct km_waiter *w)
+{
+	km_store_release(&w->futex, 1);
+	if (d->nwake < KM_DONE_WAKES)
+		d->wake[d->nwake++] = &w->futex;
+	else
+		km_futex_wake(&w->futex);	/* rare: a long shared run */
+}
+
+/* An async request that left the queue (granted, timed out, cancelled):
+ * complete it after the locks are dropped. */
+void km_done_async(struct km_done *d, struct km_waiter *w)
+{
+	w->next = NULL;
+	*d->async_tail = w;
+	d->async_tail = &w->next;
+}
+
+static void km_done_grant(struct km_done *d, struct km_waiter *w)
+{
+	km_store_release(&w->status, (uint32_t)KM_W_GRANTED);
+	if (w->flags & KM_WF_ASYNC)
+		km_done_async(d, w);
+	else
+		km_done_wake(d, w);
+}
+
+void km_done_deliver(struct km_done *d)
+{
+	for (unsigned i = 0; i < d->nwake; i++)
+		km_futex_wake(d->wake[i]);
+	d->nwake = 0;
+	for (struct km_waiter *w = d->async_first; w != NULL;) {
+		struct km_waiter *next = w->next;
+
+		km_async_complete(w);
+		w = next;
+	}
+	d->async_first = NULL;
+	d->async_tail = &d->async_first;
+}
+
+void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
+{
+	for (;;) {
+		uint64_t s = km_load_acquire(&e->state);
+
+		if (km_s_dead(s) || e->qtail == NULL)
+			return;
+		struct km_waiter *w = e->qtail->next;
+		bool shared = (w->flags & KM_WF_SHARED) != 0;
+		bool granted = false;
+
+		/* Retries when a holder, a barger or a sharer changed the word. */
+		for (;;) {
+			if (!km_s_compatible(s, shared, km->max_holders))
+				return;
+			bool direct = (km->flags & KM_FIFO) || (s & KM_S_HANDOFF) ||
+				      (w->flags & (KM_WF_ASYNC | KM_WF_SHARED));
+
+			if (!direct) {
+				if (s & KM_S_WAKING)
+					return;	/* the woken head is on its way */
+				if (km_cas_acq_rel(&e->state, &s, s | KM_S_WAKING)) {
+					w->flags |= KM_WF_WOKEN;
+					km_done_wake(done, w);
+					return;
+				}
+				continue;
+			}
+			uint64_t n = km_s_take(s, shared, km->max_holders) - KM_S_WAIT1;
+
+			n &= ~KM_S_HANDOFF;
+			if (km_cas_acq_rel(&e->state, &s, n)) {
+				granted = true;
+				break;
+			}
+		}
+		if (!granted)
+			return;
+		km_queue_remove(e, w);
+		km_done_grant(done, w);
+	}
+}
+
+/*
+ * Take a queued waiter out of the queue and drop its count, under the qlock.
+ * Returns true if that was the entry's last count: the entry is DEAD and the
+ * caller must km_kill() it after dropping the qlock. Otherwise whoever can
+ * proceed now that w is gone is dispatched into done.
+ */
+bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
+		    struct km_done *done)
+{
+	uint64_t s = km_load_relaxed(&e->state), n;
+
+	km_queue_remove(e, w);
+	/* Retries when holders or bargers changed the word. */
+	do {
+		n = s - KM_S_WAIT1;
+		if (w->flags & KM_WF_WOKEN)
+			n &= ~KM_S_WAKING;	/* we were the woken head */
+		if (km_s_waiters(n) == 0)
+			n &= ~(KM_S_HANDOFF | KM_S_WAKING);
+		if (km_s_unused(n))
+			n = KM_S_DEAD;
+	} while (!km_cas_acq_rel(&e->state, &s, n));
+	w->flags &= (uint16_t)~KM_WF_WOKEN;
+	if (km_s_dead(n))
+		return true;
+	km_dispatch(km, e, done);
+	return false;
+}
+
+void km_kill(struct km *km, struct km_entry *e, uint64_t h)
+{
+	km_table_unlink(km, e, h);
+	km_entry_retire(km, e);
+}
+
+/*
+ * Queue a sync request on e and sleep until granted, timed out or cancelled.
+ * Called inside a read-side section, which it leaves (except on KM_RETRY:
+ * the entry died before we joined; the caller looks the key up again).
+ */
+int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
+		 const struct timespec *deadline, struct km_token *tok, bool *contended)
+{
+	struct km_waiter w;
+	struct km_done done;
+	bool shared = (wflags & KM_WF_SHARED) != 0;
+	uint64_t s, since;
+	int rc;
+
+	memset(&w, 0, sizeof w);
+	w.flags = (uint16_t)wflags;
+	w.entry = e;
+	*contended = false;
+	if (tok != NULL && km_token_register(tok, &w) != 0) {
+		km_rcu_read_unlock();
+		return ECANCELED;
+	}
+	km_qlock(e);
+	s = km_load_relaxed(&e->state);
+	/* Join the queue, or take the key if it came free. Retries when a
+	 * release, a barger or another waiter changed the word. */
+	for (;;) {
+		if (km_s_dead(s)) {
+			km_qunlock(e);
+			if (tok != NULL)
+				km_token_unregister(tok, &w);
+			return KM_RETRY;
+		}
+		if (km_may_barge(km, s, shared)) {
+			if (km_cas_acquire(&e->state, &s, km_s_take(s, shared, km->max_holders))) {
+				rc = 0;
+				goto out_unlock;
+			}
+			continue;
+		}
+		if (km->max_waiters != 0 && km_s_waiters(s) >= km->max_waiters) {
+			rc = EAGAIN;
+			goto out_unlock;
+		}
+		if (km_cas_acquire(&e->state, &s, s + KM_S_WAIT1))
+			break;
+	}
+	km_queue_append(e, &w);
+	km_qunlock(e);
+	km_rcu_read_unlock();
+	*contended = true;
+	since = km_now_ns();
+
+	for (;;) {
+		/* Sleep until something happened to us (grant, wake, cancel) or
+		 * the deadline passed. */
+		while (km_load_acquire(&w.futex) == 0) {
+			if (km_futex_wait(&w.futex, 0, deadline) == ETIMEDOUT)
+				break;
+		}
+		km_rcu_read_lock();
+		km_qlock(e);
+		/* Consume the wake-up; acq_rel pairs with the release store of
+		 * whoever set it, so its cancel flag is visible below. */
+		(void)km_xchg_acq_rel(&w.futex, 0);
+		if (km_load_relaxed(&w.status) == KM_W_GRANTED) {
+			rc = 0;
+			goto out_unlock;
+		}
+		if (w.flags & KM_WF_WOKEN) {
+			bool take;
+			uint64_t n;
+
+			w.flags &= (uint16_t)~KM_WF_WOKEN;
+			s = km_load_relaxed(&e->state);
+			/* Retry as the head: take the key if free, else ask for a
+			 * direct hand-off once past the fairness bound. Retries
+			 * when a barger or a release changed the word. */
+			do {
+				n = s & ~KM_S_WAKING;
+				take = km_s_compatible(s, shared, km->max_holders);
+				if (take)
+					n = (km_s_take(n, shared, km->max_holders) - KM_S_WAIT1) &
+					    ~KM_S_HANDOFF;
+				else if (km_now_ns() - since > KM_STARVE_NS)
+					n |= KM_S_HANDOFF;
+			} while (!km_cas_acq_rel(&e->state, &s, n));
+			if (take) {
+				km_queue_remove(e, &w);
+				rc = 0;
+				goto out_unlock;
+			}
+		}
+		if (km_load_acquire(&w.cancel)) {
+			rc = ECANCELED;
+			break;
+		}
+		if (km_deadline_passed(deadline)) {
+			rc = ETIMEDOUT;
+			break;
+		}
+		km_qunlock(e);
+		km_rcu_read_unlock();
+	}
+	/* Leave the queue (timeout or cancel), letting the next proceed. */
+	km_done_init(&done);
+	bool dead = km_leave_queue(km, e, &w, &done);
+
+	km_qunlock(e);
+	if (dead)
+		km_kill(km, e, km_entry_rehash(km, e));
+	km_rcu_read_unlock();
+	km_done_deliver(&done);
+	if (tok != NULL)
+		km_token_unregister(tok, &w);
+	return rc;
+
+out_unlock:
+	km_qunlock(e);
+	km_rcu_read_unlock();
+	if (tok != NULL)
+		km_token_unregister(tok, &w);
+	return rc;
+}
