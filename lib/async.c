@@ -285,7 +285,7 @@ retry:
 		__atomic_fetch_add(&req->port->pending, 1, __ATOMIC_RELAXED);
 
 	km_qlock(e);
-	s = km_load_relaxed(&e->state);
+	s = km_load_acquire(&e->state);
 	/* Join the queue or take the key; retries when the word changed. */
 	for (;;) {
 		if (km_s_dead(s)) {

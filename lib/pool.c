@@ -116,12 +116,15 @@ static void km_entry_reclaim(struct km *km, struct km_entry *e, unsigned stripe)
 /* call_rcu callback: a grace period has passed since the batch was retired. */
 static void km_reclaim_batch(struct rcu_head *head)
 {
-	struct km_entry *first = km_container_of(head, struct km_entry, rcu);
-	unsigned stripe = first->depth;
-	uintptr_t l = (uintptr_t)first;
+	struct km_entry *first;
+	unsigned stripe;
+	uintptr_t l;
 	struct km *km;
 
-	km_rcu_reclaim_begin();
+	km_rcu_reclaim_begin();		/* before touching the batch (TSAN) */
+	first = km_container_of(head, struct km_entry, rcu);
+	stripe = km_load_relaxed(&first->depth);
+	l = (uintptr_t)first;
 	/* The bottom entry's link names the table. */
 	while (!(l & 1))
 		l = ((struct km_entry *)l)->link;

@@ -57,8 +57,11 @@ struct km_entry *km_table_find_or_insert(struct km *km, uint64_t h, const void *
 			struct km_entry *e = (struct km_entry *)p;
 			uintptr_t next = km_load_acquire(&e->next);
 
+			/* Acquire: seeing DEAD must order us after the last
+			 * holder's release, since we may then insert a fresh
+			 * entry and hold the key without touching this one. */
 			if (!(next & KM_MARK) && km_entry_is(e, tag, key, len) &&
-			    !km_s_dead(km_load_relaxed(&e->state))) {
+			    !km_s_dead(km_load_acquire(&e->state))) {
 				if (fresh != NULL)
 					km_entry_retire(km, fresh); /* never published */
 				*inserted = false;
@@ -75,17 +78,23 @@ struct km_entry *km_table_find_or_insert(struct km *km, uint64_t h, const void *
 			if (len != 0)
 				memcpy(fresh->key, key, len);
 			fresh->owner = NULL;
-			fresh->recursion = 0;
+			/* Atomic: a pool push may still read this word (as the
+			 * old top's depth) before its CAS fails. */
+			km_store_relaxed(&fresh->recursion, 0);
 			fresh->qlock = 0;
 			fresh->qtail = NULL;
 			fresh->state = born;
 		}
 		fresh->next = head;
 		/* Publish: release orders the key bytes and the born state before
-		 * the pointer; on failure a new head was pushed or the first node
-		 * was unlinked, and the walk must see the chain again. */
+		 * the pointer. Acquire on success too: the head we expect may be
+		 * a value written by an unlink after our walk (another thread
+		 * inserted, held and removed an entry of this key meanwhile: ABA
+		 * on the head), and holding the key must order us after that
+		 * holder's release. On failure a new head was pushed or the first
+		 * node was unlinked, and the walk must see the chain again. */
 		if (__atomic_compare_exchange_n(bucket, &head, (uintptr_t)fresh, false,
-						__ATOMIC_RELEASE, __ATOMIC_ACQUIRE)) {
+						__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
 			*inserted = true;
 			return fresh;
 		}

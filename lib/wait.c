@@ -268,7 +268,7 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 		return ECANCELED;
 	}
 	km_qlock(e);
-	s = km_load_relaxed(&e->state);
+	s = km_load_acquire(&e->state);
 	/* Join the queue, or take the key if it came free. Retries when a
 	 * release, a barger or another waiter changed the word. */
 	for (;;) {

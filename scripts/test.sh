@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Build and run every test: the plain build (gcc), then the stress suites
+# again under ThreadSanitizer and under AddressSanitizer + UBSan (clang), then
+# the negative control (the seed's bug reintroduced must make the stress
+# tests fail). Criterion's "Synthesis:" lines are printed for every suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+
+export KM_STRESS_MS="${KM_STRESS_MS:-300}"
+status=0
+run() {			# run "title" cmd...: keep going, remember failures
+	echo "=== $1" >&2
+	shift
+	if ! "$@"; then
+		echo "FAILED: $*" >&2
+		status=1
+	fi
+}
+
+setup() {		# setup DIR [meson args...]
+	local dir=$1
+	shift
+	if [ ! -d "$dir" ]; then
+		meson setup "$dir" "$@" >/dev/null
+	fi
+	ninja -C "$dir" >/dev/null
+}
+
+# 1. Everything, plain build.
+setup build-test -Dbench=true
+run "all suites (gcc)" meson test -C build-test --print-errorlogs -v --num-processes 1
+
+# 2. Sanitizers on the unit and stress suites (short durations).
+KM_SAN_MS="${KM_SAN_MS:-150}"
+CC=clang setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=false
+run "ThreadSanitizer" env KM_STRESS_MS="$KM_SAN_MS" \
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
+	meson test -C build-tsan --print-errorlogs -v --num-processes 1 \
+	--suite unit --suite stress --suite async --suite modes
+CC=clang setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false -Dexamples=false
+run "AddressSanitizer+UBSan" env KM_STRESS_MS="$KM_SAN_MS" \
+	ASAN_OPTIONS="detect_leaks=1:halt_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+	meson test -C build-asan --print-errorlogs -v --num-processes 1 \
+	--suite unit --suite stress --suite async --suite modes
+
+# 3. Negative control: with the seed's bug the stress tests must fail.
+setup build-seedbug -Dseed_bug=true -Dbench=false -Dexamples=false
+run "negative control (seed bug)" meson test -C build-seedbug --print-errorlogs -v --num-processes 1 \
+	--suite seed_bug
+
+exit $status
