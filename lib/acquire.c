@@ -20,7 +20,7 @@
 
 #define KM_G_SHARED ((uintptr_t)1)	/* guard priv[1] bit: a shared hold */
 
-static __thread char km_self;		/* its address names the calling thread */
+static __thread char km_self __attribute__((tls_model("initial-exec")));		/* its address names the calling thread */
 
 const void *km_owner_of(const struct km_lock_options *opt)
 {
@@ -72,9 +72,11 @@ void km_guard_fill(struct km_guard *g, struct km *km, struct km_entry *e,
 }
 
 /* Drop one hold of e (see the file comment). */
-static void km_release(struct km *km, struct km_entry *e, uint64_t h)
+static void km_release(struct km *km, struct km_entry *e)
 {
 	struct km_done done;
+	uint32_t idle_cap = km_my_stripe(km)->idle_cap;
+	bool idle;
 	uint64_t s, n;
 
 	km_done_init(&done);
@@ -86,18 +88,27 @@ static void km_release(struct km *km, struct km_entry *e, uint64_t h)
 	 * already found it (and waits on it) will hold it while a newcomer
 	 * creates a fresh entry for the same key: two holders. */
 	if (km_s_holders(s) == 1)
-		km_table_unlink(km, e, h);
+		km_table_unlink(km, e);
 #endif
 	/* Retries when waiters joined or left, or other holders changed the
 	 * word; release orders our critical section before the next holder's. */
 	do {
 		n = km_s_put(s);
-		if (km_s_unused(n))
-			n = KM_S_DEAD;
+		idle = false;
+		if (km_s_unused(n) && !(n & KM_S_IDLEQ)) {
+			if (idle_cap != 0) {
+				n |= KM_S_IDLEQ;	/* keep it, idle, for its key */
+				idle = true;
+			} else {
+				n = KM_S_DEAD;
+			}
+		}
 	} while (!km_cas_release(&e->state, &s, n));
 
 	if (km_s_dead(n)) {
-		km_kill(km, e, h);
+		km_kill(km, e);
+	} else if (idle) {
+		km_idle_push(km, e);
 	} else if (km_s_waiters(n) != 0 &&
 		   (!(n & KM_S_WAKING) || (n & KM_S_HANDOFF) || (km->flags & KM_FIFO))) {
 		km_qlock(e);
@@ -240,7 +251,7 @@ int km_unlock_owner(struct km_guard *g, const void *owner)
 		}
 		km_store_relaxed(&e->owner, NULL);
 	}
-	km_release(km, e, h);
+	km_release(km, e);
 	return 0;
 }
 

@@ -152,7 +152,7 @@ int km_async_try_cancel(struct km_waiter *w, uint32_t why, struct km_done *done)
 	dead = km_leave_queue(km, e, w, done);
 	km_qunlock(e);
 	if (dead)
-		km_kill(km, e, req->guard.priv[2]);
+		km_kill(km, e);
 	km_rcu_read_unlock();
 	km_done_async(done, w);
 	return 0;

@@ -58,7 +58,7 @@ struct km_done;
 struct km_entry {
 	uintptr_t next;			/* bucket chain; bit 0: logically deleted (Harris) */
 	uint64_t state;			/* the state word (state.h) */
-	uint32_t hash;			/* high half of the keyed hash: cheap compare */
+	uint32_t hash;			/* the keyed hash: picks shard and bucket, cheap compare */
 	uint32_t len;			/* key length */
 	uint32_t qlock;			/* queue lock: 0 free, 1 held */
 	union {
@@ -104,11 +104,16 @@ struct km_waiter {
 _Static_assert(sizeof(struct km_waiter) <= 8 * sizeof(uintptr_t),
 	       "an async waiter lives in km_request.priv");
 
+#define KM_IDLE_RING 32			/* idle ring slots per stripe (at most) */
+
 /* A thread's stripe of per-table state: mostly touched by one thread. */
 struct km_stripe {
 	struct km_entry *pool[KM_CLASSES]; /* free entries, Treiber stacks */
 	struct km_entry *retire;	/* dead entries waiting for a batch */
-	uint32_t pool_cap;		/* this stripe's share of pool_size */
+	uint32_t pool_cap;		/* this stripe's share of pool_size for free entries */
+	uint32_t idle_cap;		/* ... and for idle entries (ring slots in use) */
+	uint32_t idle_pos;		/* next ring slot to fill (atomic counter) */
+	struct km_entry *idle[KM_IDLE_RING]; /* idle entries of this stripe's releases */
 	uint64_t acquired, contended, timeouts, cancels, rejected;
 } KM_ALIGNED;
 
@@ -121,7 +126,7 @@ struct km_shard {
 } KM_ALIGNED;
 
 struct km {
-	uint64_t seed[2];		/* SipHash key */
+	uint64_t seed[4];		/* hash secrets, random per table */
 	unsigned shard_shift;		/* 64 - log2(shards) */
 	unsigned nshards;
 	unsigned max_holders;		/* >= 1 */
@@ -135,15 +140,14 @@ struct km {
 #define KM_OWNER_FLAGS (KM_RECURSIVE | KM_ERRORCHECK)
 
 /* hash.c */
-KM_HIDDEN uint64_t km_hash(const struct km *km, const void *key, size_t len);
-KM_HIDDEN int km_random_seed(uint64_t seed[2]);
+KM_HIDDEN uint32_t km_hash(const struct km *km, const void *key, size_t len);
+KM_HIDDEN void km_random_seed(uint64_t seed[4]);
 
 /* table.c */
-KM_HIDDEN struct km_entry *km_table_find_or_insert(struct km *km, uint64_t h,
+KM_HIDDEN struct km_entry *km_table_find_or_insert(struct km *km, uint32_t h,
 						   const void *key, size_t len,
 						   uint64_t born, bool *inserted);
-KM_HIDDEN void km_table_unlink(struct km *km, struct km_entry *e, uint64_t h);
-KM_HIDDEN uint64_t km_entry_rehash(const struct km *km, const struct km_entry *e);
+KM_HIDDEN void km_table_unlink(struct km *km, struct km_entry *e);
 typedef int km_walk_fn(struct km_entry *e, uint64_t state, void *arg);
 KM_HIDDEN int km_table_walk(struct km *km, km_walk_fn *fn, void *arg);
 
@@ -153,6 +157,8 @@ KM_HIDDEN void km_entry_retire(struct km *km, struct km_entry *e);
 KM_HIDDEN int km_pool_prefill(struct km *km, size_t n);
 KM_HIDDEN void km_pool_drain(struct km *km);
 KM_HIDDEN size_t km_pool_count(struct km *km);
+KM_HIDDEN void km_idle_push(struct km *km, struct km_entry *e);
+KM_HIDDEN void km_idle_flush(struct km *km);
 KM_HIDDEN struct km_stripe *km_my_stripe(struct km *km);
 KM_HIDDEN void *km_malloc(size_t size);
 
@@ -164,7 +170,7 @@ KM_HIDDEN void km_queue_remove(struct km_entry *e, struct km_waiter *w);
 KM_HIDDEN void km_queue_append(struct km_entry *e, struct km_waiter *w);
 KM_HIDDEN bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
 			     struct km_done *done);
-KM_HIDDEN void km_kill(struct km *km, struct km_entry *e, uint64_t h);
+KM_HIDDEN void km_kill(struct km *km, struct km_entry *e);
 #define KM_RETRY (-1)			/* the entry died under us: look the key up again */
 KM_HIDDEN int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			   const struct timespec *deadline, struct km_token *tok,

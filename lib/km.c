@@ -98,14 +98,20 @@ int km_create(struct km **out, const struct km_options *opt)
 	memset(km, 0, sizeof *km);
 	km_random_seed(km->seed);
 	km->nshards = nshards;
-	km->shard_shift = 64 - km_log2(nshards);
+	km->shard_shift = 32 - km_log2(nshards);
 	km->max_holders = o.max_holders;
 	km->max_waiters = o.max_waiters;
 	km->flags = o.flags;
 	km->pool_size = o.pool_size;
-	for (unsigned i = 0; i < KM_STRIPES; i++)
-		km->stripes[i].pool_cap = (uint32_t)(o.pool_size / KM_STRIPES +
-						     (i < o.pool_size % KM_STRIPES));
+	/* pool_size bounds free + idle entries: each stripe's share is split
+	 * between its idle ring and its free stacks. */
+	for (unsigned i = 0; i < KM_STRIPES; i++) {
+		size_t share = o.pool_size / KM_STRIPES + (i < o.pool_size % KM_STRIPES);
+		size_t idle = share / 2 < KM_IDLE_RING ? share / 2 : KM_IDLE_RING;
+
+		km->stripes[i].idle_cap = (uint32_t)idle;
+		km->stripes[i].pool_cap = (uint32_t)(share - idle);
+	}
 
 	km->shards = km_fault_hit() ? NULL
 				    : aligned_alloc(KM_CACHELINE, sizeof(struct km_shard) * nshards);
@@ -133,9 +139,8 @@ nomem:
 static int km_any_live(struct km_entry *e, uint64_t s, void *arg)
 {
 	(void)e;
-	(void)s;
 	(void)arg;
-	return 1;
+	return !km_s_unused(s);
 }
 
 int km_destroy(struct km *km)
@@ -149,6 +154,7 @@ int km_destroy(struct km *km)
 	km_rcu_read_unlock();
 	if (busy)
 		return EBUSY;
+	km_idle_flush(km);
 	km_pool_drain(km);	/* waits for this table's pending reclamation */
 	km_free_shards(km->shards, km->nshards);
 	free(km);

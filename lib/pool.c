@@ -22,7 +22,7 @@
 #include <stdlib.h>
 
 static unsigned km_next_slot;			/* slot numbers handed out so far */
-static __thread unsigned km_tls_slot;		/* this thread's slot + 1; 0 = none yet */
+static __thread unsigned km_tls_slot __attribute__((tls_model("initial-exec")));		/* this thread's slot + 1; 0 = none yet */
 
 static inline unsigned km_slot(void)
 {
@@ -217,4 +217,53 @@ size_t km_pool_count(struct km *km)
 				n += km_load_relaxed(&e->depth);
 		}
 	return n;
+}
+
+/*
+ * Idle entries. A release that leaves an entry unused keeps it in the table
+ * (IDLEQ set in the same CAS) and puts it into its stripe's idle ring, a
+ * fixed array filled round-robin: the entry it displaces, the oldest, is
+ * evicted. A key that recurs within the ring's reach is found idle and taken
+ * with one CAS, with no allocation, unlink or grace period.
+ */
+static void km_idle_evict(struct km *km, struct km_entry *e)
+{
+	uint64_t s = km_load_acquire(&e->state), n;
+
+	/* Dead if still unused; otherwise it was revived and its next release
+	 * that leaves it unused queues it again. Retries when an acquirer,
+	 * holder or waiter changed the word meanwhile. */
+	do {
+		if (km_s_dead(s))
+			return;
+		n = km_s_unused(s) ? KM_S_DEAD : (s & ~KM_S_IDLEQ);
+	} while (!km_cas_acq_rel(&e->state, &s, n));
+	if (km_s_dead(n))
+		km_kill(km, e);
+}
+
+/* e has IDLEQ set by our release; the caller is in a read-side section. */
+void km_idle_push(struct km *km, struct km_entry *e)
+{
+	struct km_stripe *st = km_my_stripe(km);
+	uint32_t i = __atomic_fetch_add(&st->idle_pos, 1, __ATOMIC_RELAXED) % st->idle_cap;
+	struct km_entry *victim = km_xchg_acq_rel(&st->idle[i], e);
+
+	if (victim != NULL)
+		km_idle_evict(km, victim);
+}
+
+/* Evict every idle entry (km_destroy; nothing else runs on the table). */
+void km_idle_flush(struct km *km)
+{
+	km_rcu_read_lock();
+	for (unsigned s = 0; s < KM_STRIPES; s++) {
+		for (unsigned i = 0; i < KM_IDLE_RING; i++) {
+			struct km_entry *e = km_xchg_acq_rel(&km->stripes[s].idle[i], NULL);
+
+			if (e != NULL)
+				km_idle_evict(km, e);
+		}
+	}
+	km_rcu_read_unlock();
 }

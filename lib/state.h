@@ -12,15 +12,22 @@
  *   bit   42     HANDOFF  newcomers must not barge: the head waiter has
  *                         waited past the fairness bound and releasers grant
  *                         to it directly
+ *   bit   43     IDLEQ    the entry sits in an idle ring: when HOLD and WAIT
+ *                         drop to zero it stays in the table, idle, for
+ *                         the next acquire of its key (one CAS), until the
+ *                         ring evicts it (pool.c)
  *   bit   63     DEAD     set in the CAS that leaves HOLD == WAIT == 0; a
  *                         dead entry is never revived (lookups skip it and
  *                         insert a fresh entry), it is unlinked and reclaimed
  *                         after an RCU grace period
  *
- * The count that keeps an entry alive is HOLD + WAIT: an entry dies exactly
- * when the last holder or waiter leaves, in the same CAS (the seed's removal
- * race cannot happen: there is no moment where the count is zero but the
- * entry is live, and no way to increment a dead one).
+ * The count that keeps an entry alive is HOLD + WAIT, plus IDLEQ. Without
+ * IDLEQ an entry dies exactly when the last holder or waiter leaves, in the
+ * same CAS; with IDLEQ it dies when the idle ring evicts it and a CAS from
+ * an unused word to DEAD succeeds. Either way the decision is one CAS on the
+ * word every acquirer also CASes, so the seed's removal race cannot happen:
+ * there is no moment where the count is zero but the entry is live and
+ * unlinked, and no way to increment a dead one.
  *
  * SPDX-License-Identifier: MIT
  */
@@ -38,6 +45,7 @@
 #define KM_S_WAIT_MASK	(UINT64_C(0xFFFFF) << 21)
 #define KM_S_WAKING	(UINT64_C(1) << 41)
 #define KM_S_HANDOFF	(UINT64_C(1) << 42)
+#define KM_S_IDLEQ	(UINT64_C(1) << 43)
 #define KM_S_DEAD	(UINT64_C(1) << 63)
 
 static inline unsigned km_s_holders(uint64_t s)

@@ -15,6 +15,10 @@ static int km_stats_visit(struct km_entry *e, uint64_t s, void *arg)
 	struct km_stats *st = arg;
 
 	(void)e;
+	if (km_s_unused(s)) {
+		st->pooled++;	/* an idle entry kept for its key */
+		return 0;
+	}
 	st->keys++;
 	st->holders += km_s_holders(s);
 	st->waiters += km_s_waiters(s);
@@ -30,7 +34,7 @@ int km_stats(struct km *km, struct km_stats *out)
 	memset(&st, 0, sizeof st);
 	km_rcu_read_lock();
 	km_table_walk(km, km_stats_visit, &st);
-	st.pooled = km_pool_count(km);
+	st.pooled += km_pool_count(km);
 	km_rcu_read_unlock();
 	for (unsigned i = 0; i < KM_STRIPES; i++) {
 		const struct km_stripe *sp = &km->stripes[i];
@@ -54,6 +58,9 @@ struct km_query_ctx {
 static int km_query_visit(struct km_entry *e, uint64_t s, void *arg)
 {
 	struct km_query_ctx *q = arg;
+
+	if (km_s_unused(s))
+		return 0;	/* idle: neither held nor awaited */
 	int shared = km_s_holders(s) > 0 && !(s & KM_S_X) && q->km->max_holders == 1;
 
 	return q->visit(e->key, e->len, km_s_holders(s), km_s_waiters(s), shared, q->arg);

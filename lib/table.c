@@ -25,7 +25,8 @@
 
 #define KM_MARK ((uintptr_t)1)
 
-static inline uintptr_t *km_bucket(struct km *km, uint64_t h)
+/* The shard from the hash's top bits, the bucket from its low bits. */
+static inline uintptr_t *km_bucket(struct km *km, uint32_t h)
 {
 	struct km_shard *sh = &km->shards[km->nshards > 1 ? (h >> km->shard_shift) : 0];
 
@@ -38,16 +39,10 @@ static inline bool km_entry_is(const struct km_entry *e, uint32_t tag,
 	return e->hash == tag && e->len == len && (len == 0 || memcmp(e->key, key, len) == 0);
 }
 
-uint64_t km_entry_rehash(const struct km *km, const struct km_entry *e)
-{
-	return km_hash(km, e->key, e->len);
-}
-
-struct km_entry *km_table_find_or_insert(struct km *km, uint64_t h, const void *key,
+struct km_entry *km_table_find_or_insert(struct km *km, uint32_t h, const void *key,
 					 size_t len, uint64_t born, bool *inserted)
 {
 	uintptr_t *bucket = km_bucket(km, h);
-	uint32_t tag = (uint32_t)(h >> 32);
 	struct km_entry *fresh = NULL;
 	uintptr_t head = km_load_acquire(bucket);
 
@@ -60,7 +55,7 @@ struct km_entry *km_table_find_or_insert(struct km *km, uint64_t h, const void *
 			/* Acquire: seeing DEAD must order us after the last
 			 * holder's release, since we may then insert a fresh
 			 * entry and hold the key without touching this one. */
-			if (!(next & KM_MARK) && km_entry_is(e, tag, key, len) &&
+			if (!(next & KM_MARK) && km_entry_is(e, h, key, len) &&
 			    !km_s_dead(km_load_acquire(&e->state))) {
 				if (fresh != NULL)
 					km_entry_retire(km, fresh); /* never published */
@@ -73,7 +68,7 @@ struct km_entry *km_table_find_or_insert(struct km *km, uint64_t h, const void *
 			fresh = km_entry_alloc(km, len);
 			if (fresh == NULL)
 				return NULL;
-			fresh->hash = tag;
+			fresh->hash = h;
 			fresh->len = (uint32_t)len;
 			if (len != 0)
 				memcpy(fresh->key, key, len);
@@ -101,9 +96,9 @@ struct km_entry *km_table_find_or_insert(struct km *km, uint64_t h, const void *
 	}
 }
 
-void km_table_unlink(struct km *km, struct km_entry *e, uint64_t h)
+void km_table_unlink(struct km *km, struct km_entry *e)
 {
-	uintptr_t *bucket = km_bucket(km, h);
+	uintptr_t *bucket = km_bucket(km, e->hash);
 	uintptr_t next = km_load_relaxed(&e->next);
 
 	/* Logical deletion: mark our next pointer. Retries only when a helper

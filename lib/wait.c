@@ -154,6 +154,8 @@ static void km_done_grant(struct km_done *d, struct km_waiter *w)
 
 void km_done_deliver(struct km_done *d)
 {
+	if (d->nwake == 0 && d->async_first == NULL)
+		return;
 	for (unsigned i = 0; i < d->nwake; i++)
 		km_futex_wake(d->wake[i]);
 	d->nwake = 0;
@@ -229,8 +231,8 @@ bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
 			n &= ~KM_S_WAKING;	/* we were the woken head */
 		if (km_s_waiters(n) == 0)
 			n &= ~(KM_S_HANDOFF | KM_S_WAKING);
-		if (km_s_unused(n))
-			n = KM_S_DEAD;
+		if (km_s_unused(n) && !(n & KM_S_IDLEQ))
+			n = KM_S_DEAD;	/* an idle-ring entry waits for its eviction */
 	} while (!km_cas_acq_rel(&e->state, &s, n));
 	w->flags &= (uint16_t)~KM_WF_WOKEN;
 	if (km_s_dead(n))
@@ -239,9 +241,9 @@ bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
 	return false;
 }
 
-void km_kill(struct km *km, struct km_entry *e, uint64_t h)
+void km_kill(struct km *km, struct km_entry *e)
 {
-	km_table_unlink(km, e, h);
+	km_table_unlink(km, e);
 	km_entry_retire(km, e);
 }
 
@@ -355,7 +357,7 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 
 	km_qunlock(e);
 	if (dead)
-		km_kill(km, e, km_entry_rehash(km, e));
+		km_kill(km, e);
 	km_rcu_read_unlock();
 	km_done_deliver(&done);
 	if (tok != NULL)
