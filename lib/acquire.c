@@ -229,7 +229,6 @@ int km_unlock_owner(struct km_guard *g, const void *owner)
 {
 	struct km_entry *e;
 	struct km *km;
-	uint64_t h;
 	bool shared;
 
 	if (g == NULL)
@@ -242,7 +241,6 @@ int km_unlock_owner(struct km_guard *g, const void *owner)
 	if ((km->flags & KM_ERRORCHECK) &&
 	    (const void *)g->priv[3] != (owner != NULL ? owner : (const void *)&km_self))
 		return EPERM;
-	h = g->priv[2];
 	memset(g, 0, sizeof *g);
 	if ((km->flags & KM_OWNER_FLAGS) && !shared) {
 		if (e->recursion > 0) {		/* a nested hold of the owner */
