@@ -20,11 +20,29 @@
 
 #define KM_G_SHARED ((uintptr_t)1)	/* guard priv[1] bit: a shared hold */
 
-static __thread char km_self __attribute__((tls_model("initial-exec")));		/* its address names the calling thread */
+/*
+ * The calling thread as an owner: a number drawn once per thread, never
+ * reused (a TLS address would be: a new thread may get an exited one's),
+ * tagged odd so that it cannot equal an aligned pointer used as an explicit
+ * owner.
+ */
+static uintptr_t km_next_self;
+static __thread uintptr_t km_self __attribute__((tls_model("initial-exec")));
+
+static const void *km_thread_owner(void)
+{
+	uintptr_t s = km_self;
+
+	if (km_unlikely(s == 0)) {
+		s = (__atomic_add_fetch(&km_next_self, 1, __ATOMIC_RELAXED) << 1) | 1;
+		km_self = s;
+	}
+	return (const void *)s;
+}
 
 const void *km_owner_of(const struct km_lock_options *opt)
 {
-	return opt != NULL && opt->owner != NULL ? opt->owner : (const void *)&km_self;
+	return opt != NULL && opt->owner != NULL ? opt->owner : km_thread_owner();
 }
 
 int km_key_ok(const void *key, size_t len)
@@ -165,6 +183,8 @@ retry:
 		km_rcu_read_unlock();
 		if (km->flags & KM_ERRORCHECK)
 			return EDEADLK;
+		if (shared)
+			return EINVAL;	/* the owner holds it exclusively */
 		e->recursion++;
 		km_guard_fill(g, km, e, 0, owner);
 		g->priv[2] = h;
@@ -239,7 +259,7 @@ int km_unlock_owner(struct km_guard *g, const void *owner)
 		return EPERM;
 	shared = (g->priv[1] & KM_G_SHARED) != 0;
 	if ((km->flags & KM_ERRORCHECK) &&
-	    (const void *)g->priv[3] != (owner != NULL ? owner : (const void *)&km_self))
+	    (const void *)g->priv[3] != (owner != NULL ? owner : km_thread_owner()))
 		return EPERM;
 	memset(g, 0, sizeof *g);
 	if ((km->flags & KM_OWNER_FLAGS) && !shared) {

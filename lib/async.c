@@ -196,14 +196,16 @@ int km_acquire_async(struct km *km, const void *key, size_t len,
 
 	if (req == NULL)
 		return EINVAL;
+	/* A request that fails at once reads as never queued: a later
+	 * km_request_cancel answers EALREADY. */
 	memset(&req->guard, 0, sizeof req->guard);
+	memset(req->priv, 0, sizeof req->priv);
+	w = (struct km_waiter *)(void *)req->priv;
 	if (km == NULL || req->ready == NULL || km_key_ok(key, len) != 0)
 		return EINVAL;
 	rc = km_check_lock_options(km, opt);
 	if (rc != 0)
 		return rc;
-	memset(req->priv, 0, sizeof req->priv);
-	w = (struct km_waiter *)(void *)req->priv;
 	flags = opt != NULL ? opt->flags : 0;
 	shared = (flags & KM_SHARED) != 0;
 	wflags = KM_WF_ASYNC | (shared ? KM_WF_SHARED : 0);
@@ -231,6 +233,8 @@ retry:
 		km_rcu_read_unlock();
 		if (km->flags & KM_ERRORCHECK)
 			return EDEADLK;
+		if (shared)
+			return EINVAL;	/* the owner holds it exclusively */
 		e->recursion++;
 		km_guard_fill(&req->guard, km, e, 0, owner);
 		req->guard.priv[2] = h;

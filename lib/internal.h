@@ -53,7 +53,7 @@ struct km_done;
  * section, even after it died and was unlinked, so fields read without a
  * reference (next, state, hash, len, key, owner, qlock) keep their meaning
  * until the grace period ends. Fields only touched after death (link,
- * depth, rcu, retire_km) are never read by such readers.
+ * depth, rcu, and qtail once WAIT is 0) are never read by such readers.
  */
 struct km_entry {
 	uintptr_t next;			/* bucket chain; bit 0: logically deleted (Harris) */
@@ -65,10 +65,14 @@ struct km_entry {
 		uint32_t recursion;	/* nested holds of the owner (owner tables) */
 		uint32_t depth;		/* on a pool/retire stack: its depth; batch head: stripe */
 	};
-	struct km_waiter *qtail;	/* wait queue, circular: qtail->next is the head */
+	union {
+		struct km_waiter *qtail; /* wait queue, circular: qtail->next is the head;
+					   read only under qlock with WAIT > 0, when
+					   the entry cannot die */
+		struct km *retire_km;	/* batch head only: the table it returns to */
+	};
 	const void *owner;		/* exclusive owner (owner tables), else NULL */
-	uintptr_t link;			/* pool / retire stack link; on a retire stack the
-					   bottom entry's link is (table | 1) */
+	struct km_entry *link;		/* pool / retire stack link */
 	struct km_rcu_head rcu;		/* batch head only: call_rcu */
 	unsigned char key[];		/* len bytes */
 };
@@ -84,8 +88,9 @@ static inline unsigned km_class_of(size_t len)
 }
 
 /* A waiter: one queued request, sync or async. Fits km_request.priv. */
-enum { KM_W_QUEUED = 0, KM_W_GRANTED = 1, KM_W_TIMEDOUT = 2, KM_W_CANCELLED = 3, KM_W_DONE = 4,
-       KM_W_PREP = 5 };
+/* Waiter status. 0 = never queued (a zeroed or failed request). */
+enum { KM_W_QUEUED = 1, KM_W_GRANTED = 2, KM_W_TIMEDOUT = 3, KM_W_CANCELLED = 4, KM_W_DONE = 5,
+       KM_W_PREP = 6 };
 #define KM_WF_SHARED 0x1u		/* wants shared mode */
 #define KM_WF_ASYNC  0x2u		/* an async request (granted directly, completed by callback) */
 #define KM_WF_WOKEN  0x4u		/* barging wake delivered, not yet acted on */
@@ -176,6 +181,7 @@ KM_HIDDEN int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			   const struct timespec *deadline, struct km_token *tok,
 			   bool *contended);
 KM_HIDDEN int km_futex_wait(uint32_t *addr, uint32_t val, const struct timespec *deadline);
+KM_HIDDEN uint64_t km_deadline_ns(const struct timespec *deadline);
 KM_HIDDEN void km_futex_wake(uint32_t *addr);
 KM_HIDDEN uint64_t km_now_ns(void);
 KM_HIDDEN bool km_deadline_passed(const struct timespec *deadline);

@@ -107,7 +107,11 @@ int km_create(struct km **out, const struct km_options *opt)
 	 * between its idle ring and its free stacks. */
 	for (unsigned i = 0; i < KM_STRIPES; i++) {
 		size_t share = o.pool_size / KM_STRIPES + (i < o.pool_size % KM_STRIPES);
+		size_t prefill = o.pool_prefill / KM_STRIPES + (i < o.pool_prefill % KM_STRIPES);
 		size_t idle = share / 2 < KM_IDLE_RING ? share / 2 : KM_IDLE_RING;
+
+		if (share - idle < prefill)
+			idle = share - prefill;	/* prefilled free entries come first */
 
 		km->stripes[i].idle_cap = (uint32_t)idle;
 		km->stripes[i].pool_cap = (uint32_t)(share - idle);

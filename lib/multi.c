@@ -75,7 +75,8 @@ int km_acquire_all(struct km *km, const struct km_key *keys, size_t n,
 	}
 	if (rc != 0) {
 		while (got > 0)		/* release in reverse: all or none */
-			(void)km_unlock(&guards[order[--got].i]);
+			(void)km_unlock_owner(&guards[order[--got].i],
+					      opt != NULL ? opt->owner : NULL);
 	}
 out:
 	if (order != stack)

@@ -61,7 +61,7 @@ static struct km_entry *km_pool_pop(struct km_entry **top)
 
 	/* Retries when another pop or a push moved the head meanwhile. */
 	while (e != NULL &&
-	       !km_cas_acquire(top, &e, (struct km_entry *)km_load_relaxed(&e->link)))
+	       !km_cas_acquire(top, &e, km_load_relaxed(&e->link)))
 		;
 	return e;
 }
@@ -77,7 +77,7 @@ static bool km_pool_push(struct km_entry **top, struct km_entry *e, uint32_t cap
 
 		if (depth > cap)
 			return false;
-		km_store_relaxed(&e->link, (uintptr_t)old);
+		km_store_relaxed(&e->link, old);
 		km_store_relaxed(&e->depth, depth);
 	} while (!km_cas_release(top, &old, e));
 	return true;
@@ -116,24 +116,19 @@ static void km_entry_reclaim(struct km *km, struct km_entry *e, unsigned stripe)
 /* call_rcu callback: a grace period has passed since the batch was retired. */
 static void km_reclaim_batch(struct rcu_head *head)
 {
-	struct km_entry *first;
-	unsigned stripe;
-	uintptr_t l;
+	struct km_entry *e;
 	struct km *km;
+	unsigned stripe;
 
 	km_rcu_reclaim_begin();		/* before touching the batch (TSAN) */
-	first = km_container_of(head, struct km_entry, rcu);
-	stripe = km_load_relaxed(&first->depth);
-	l = (uintptr_t)first;
-	/* The bottom entry's link names the table. */
-	while (!(l & 1))
-		l = ((struct km_entry *)l)->link;
-	km = (struct km *)(l & ~(uintptr_t)1);
-	for (l = (uintptr_t)first; !(l & 1);) {
-		struct km_entry *e = (struct km_entry *)l;
+	e = km_container_of(head, struct km_entry, rcu);
+	km = e->retire_km;
+	stripe = km_load_relaxed(&e->depth);
+	while (e != NULL) {
+		struct km_entry *next = e->link;
 
-		l = e->link;
 		km_entry_reclaim(km, e, stripe);
+		e = next;
 	}
 }
 
@@ -144,7 +139,8 @@ static void km_retire_flush(struct km *km, unsigned stripe)
 
 	if (batch == NULL)
 		return;
-	km_store_relaxed(&batch->depth, stripe); /* the batch head's depth now names its stripe */
+	batch->retire_km = km;			/* dead: qtail is free (internal.h) */
+	km_store_relaxed(&batch->depth, stripe); /* the batch head's depth names its stripe */
 	km_call_rcu(&batch->rcu, km_reclaim_batch);
 }
 
@@ -158,7 +154,7 @@ void km_entry_retire(struct km *km, struct km_entry *e)
 	/* Retries when another thread of this slot pushed or flushed. */
 	do {
 		depth = old ? km_load_relaxed(&old->depth) + 1 : 1;
-		km_store_relaxed(&e->link, old ? (uintptr_t)old : ((uintptr_t)km | 1));
+		km_store_relaxed(&e->link, old);
 		km_store_relaxed(&e->depth, depth);
 	} while (!km_cas_release(&st->retire, &old, e));
 	if (depth >= KM_RETIRE_BATCH)
@@ -195,7 +191,7 @@ void km_pool_drain(struct km *km)
 			struct km_entry *e = km->stripes[s].pool[c];
 
 			while (e != NULL) {
-				struct km_entry *next = (struct km_entry *)e->link;
+				struct km_entry *next = e->link;
 
 				free(e);
 				e = next;

@@ -92,6 +92,8 @@ static void *km_timer_main(void *arg)
 		uint64_t now = km_now_ns(), when = km_heap[0].when;
 
 		if (when > now) {
+			if (when > now + ((uint64_t)1 << 62))
+				when = now + ((uint64_t)1 << 62);	/* keep the timespec sane */
 			struct timespec ts = {
 				.tv_sec = (time_t)(when / 1000000000u),
 				.tv_nsec = (long)(when % 1000000000u),
@@ -119,10 +121,10 @@ static void *km_timer_main(void *arg)
 
 int km_timer_add(struct km_waiter *w, const struct timespec *deadline)
 {
-	uint64_t when = (uint64_t)deadline->tv_sec * 1000000000u + (uint64_t)deadline->tv_nsec;
+	uint64_t when = km_deadline_ns(deadline);
 
-	if (deadline->tv_sec < 0)
-		when = 0;
+	if (when == UINT64_MAX)
+		return 0;	/* never fires: no heap slot, no thread */
 	pthread_once(&km_timer_once, km_timer_init);
 	pthread_mutex_lock(&km_timer_lock);
 	if (km_heap_n == km_heap_cap) {

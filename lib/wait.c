@@ -50,8 +50,21 @@ bool km_deadline_passed(const struct timespec *deadline)
 	       (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
 }
 
+/* A deadline in ns, saturating: absurdly far deadlines mean "never". */
+uint64_t km_deadline_ns(const struct timespec *deadline)
+{
+	if (deadline->tv_sec < 0)
+		return 0;
+	if ((uint64_t)deadline->tv_sec >= UINT64_MAX / 1000000000u - 1)
+		return UINT64_MAX;
+	return (uint64_t)deadline->tv_sec * 1000000000u + (uint64_t)deadline->tv_nsec;
+}
+
 int km_futex_wait(uint32_t *addr, uint32_t val, const struct timespec *deadline)
 {
+	/* Beyond ~292 years the kernel may refuse the time: wait untimed. */
+	if (deadline != NULL && deadline->tv_sec > ((time_t)1 << 40))
+		deadline = NULL;
 	/* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
 	long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, val,
 			 deadline, NULL, FUTEX_BITSET_MATCH_ANY);
@@ -174,7 +187,8 @@ void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 	for (;;) {
 		uint64_t s = km_load_acquire(&e->state);
 
-		if (km_s_dead(s) || e->qtail == NULL)
+		/* WAIT > 0 under our qlock: the entry cannot die, qtail is ours. */
+		if (km_s_dead(s) || km_s_waiters(s) == 0)
 			return;
 		struct km_waiter *w = e->qtail->next;
 		bool shared = (w->flags & KM_WF_SHARED) != 0;
