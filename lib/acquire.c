@@ -135,6 +135,7 @@ static void km_release(struct km *km, struct km_entry *e)
 	}
 	km_rcu_read_unlock();
 	km_done_deliver(&done);	/* ready() never runs in a read-side section */
+	km_reclaim_backpressure(km);
 }
 
 int km_acquire(struct km *km, const void *key, size_t len,

@@ -124,6 +124,7 @@ struct km_stripe {
 
 #define KM_STRIPES 64			/* power of two */
 #define KM_RETIRE_BATCH 64		/* dead entries per call_rcu */
+#define KM_INFLIGHT_MAX 1024		/* batches in flight before releasers wait (~6 MiB) */
 
 struct km_shard {
 	uintptr_t *buckets;		/* bucket heads (entry pointers) */
@@ -138,6 +139,7 @@ struct km {
 	unsigned max_waiters;		/* 0 = unlimited */
 	unsigned flags;			/* KM_FIFO | KM_RECURSIVE | KM_ERRORCHECK */
 	size_t pool_size;
+	unsigned long inflight;		/* retire batches awaiting their grace period */
 	struct km_shard *shards;
 	struct km_stripe stripes[KM_STRIPES];
 };
@@ -164,6 +166,7 @@ KM_HIDDEN void km_pool_drain(struct km *km);
 KM_HIDDEN size_t km_pool_count(struct km *km);
 KM_HIDDEN void km_idle_push(struct km *km, struct km_entry *e);
 KM_HIDDEN void km_idle_flush(struct km *km);
+KM_HIDDEN void km_reclaim_backpressure(struct km *km);
 KM_HIDDEN struct km_stripe *km_my_stripe(struct km *km);
 KM_HIDDEN void *km_malloc(size_t size);
 

@@ -124,6 +124,7 @@ static void km_reclaim_batch(struct rcu_head *head)
 	e = km_container_of(head, struct km_entry, rcu);
 	km = e->retire_km;
 	stripe = km_load_relaxed(&e->depth);
+	__atomic_fetch_sub(&km->inflight, 1, __ATOMIC_RELAXED);
 	while (e != NULL) {
 		struct km_entry *next = e->link;
 
@@ -141,7 +142,21 @@ static void km_retire_flush(struct km *km, unsigned stripe)
 		return;
 	batch->retire_km = km;			/* dead: qtail is free (internal.h) */
 	km_store_relaxed(&batch->depth, stripe); /* the batch head's depth names its stripe */
+	__atomic_fetch_add(&km->inflight, 1, __ATOMIC_RELAXED);
 	km_call_rcu(&batch->rcu, km_reclaim_batch);
+}
+
+/*
+ * Bounded reclamation backlog. If the call_rcu worker falls behind (it
+ * shares the CPUs with the threads that retire entries), retired memory
+ * would grow without bound under churn. A releaser that finds too many
+ * batches in flight waits for them (rcu_barrier). Called outside any
+ * read-side section, never from a callback.
+ */
+void km_reclaim_backpressure(struct km *km)
+{
+	if (km_unlikely(km_load_relaxed(&km->inflight) > KM_INFLIGHT_MAX))
+		km_rcu_barrier();
 }
 
 void km_entry_retire(struct km *km, struct km_entry *e)
