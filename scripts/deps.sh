@@ -5,7 +5,8 @@ set -euo pipefail
 
 PKGS=(build-essential clang meson ninja-build pkg-config
       libck-dev liburcu-dev libcriterion-dev
-      libclang-rt-14-dev gnuplot-nox libuv1-dev valgrind spin cmake g++ python3)
+      libclang-rt-14-dev gnuplot-nox libuv1-dev valgrind spin cmake g++ python3
+      man-db groff-base)
 
 missing=()
 for p in "${PKGS[@]}"; do

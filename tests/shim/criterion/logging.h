@@ -1,0 +1,2 @@
+/* See criterion.h: the logging macros live there. */
+#include <criterion/criterion.h>
