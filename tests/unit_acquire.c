@@ -1121,7 +1121,8 @@ static void fifo_order(unsigned flags, int timeout_victim)
 		l[i].order_len = &order_len;
 		l[i].id = i;
 		if (i == timeout_victim) {
-			dl = kt_deadline_ms(100);
+			/* Long enough for all K to queue first, even under TSAN. */
+			dl = kt_deadline_ms(2000);
 			l[i].deadline = &dl;
 		}
 		locker_start(&th[i], &l[i]);
