@@ -139,7 +139,9 @@ struct km_lock_options {		/* all-zero (or NULL) = exclusive, wait for ever */
  * Returns 0 (g holds the key); EBUSY (KM_TRY and the key is not free);
  * ETIMEDOUT (the deadline passed first); ECANCELED (the token was or became
  * cancelled first); EAGAIN (the key already has max_waiters waiters);
- * EDEADLK (KM_ERRORCHECK and the owner already holds the key); ENOMEM;
+ * EDEADLK (KM_ERRORCHECK and the owner already holds the key exclusively;
+ * shared holds are not owner-tracked, so a shared re-acquire is not
+ * detected); ENOMEM;
  * EINVAL (NULL @km or @g, NULL @key with @len > 0, unknown flags, KM_SHARED
  * on a table with max_holders > 1, an invalid deadline (tv_nsec outside
  * [0, 1e9)), KM_SHARED re-acquire of a key the owner holds exclusively on a

@@ -317,7 +317,9 @@ retry:
 			rc = EAGAIN;
 			break;
 		}
-		if (km_cas_acquire(&e->state, &s, s + KM_S_WAIT1)) {
+		/* Async requests are served only by direct grants: keep
+		 * barging newcomers out until this one is (see km_dispatch). */
+		if (km_cas_acquire(&e->state, &s, (s + KM_S_WAIT1) | KM_S_HANDOFF)) {
 			km_queue_append(e, w);
 			km_store_release(&w->status, (uint32_t)KM_W_QUEUED);
 			rc = EINPROGRESS;
@@ -393,7 +395,16 @@ int km_port_run(struct km_port *p)
 	while (w != NULL) {
 		struct km_waiter *next = w->next;
 
-		km_run_ready(w);	/* w may be gone after this */
+		if (km_tramp.running) {
+			/* km_port_run called from inside a ready(): the caller
+			 * asked for these now, so run them now (the trampoline
+			 * still defers what they trigger). */
+			struct km_request *req = km_req_of(w);
+
+			req->ready(req, (int)w->futex);
+		} else {
+			km_run_ready(w);	/* w may be gone after this */
+		}
 		__atomic_fetch_sub(&p->pending, 1, __ATOMIC_RELEASE);
 		n++;
 		w = next;

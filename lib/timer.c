@@ -167,7 +167,12 @@ int km_timer_add(struct km_waiter *w, const struct timespec *deadline)
 void km_timer_remove(struct km_waiter *w)
 {
 	pthread_mutex_lock(&km_timer_lock);
-	if (w->heap_idx != 0)
+	if (w->heap_idx != 0) {
+		bool was_first = w->heap_idx == 1;
+
 		km_heap_remove_at(w->heap_idx - 1);
+		if (was_first)	/* the thread sleeps until it: wake it to re-plan or exit */
+			pthread_cond_signal(&km_timer_cond);
+	}
 	pthread_mutex_unlock(&km_timer_lock);
 }

@@ -212,8 +212,18 @@ void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 				continue;
 			}
 			uint64_t n = km_s_take(s, shared, km->max_holders) - KM_S_WAIT1;
+			struct km_waiter *next = w->next != w ? w->next : NULL;
 
-			n &= ~KM_S_HANDOFF;
+			/* Newcomers keep out while the next head is one that only
+			 * a direct grant serves (shared, async): otherwise an
+			 * exclusive barger could take every gap and starve it. */
+			if (next == NULL || !(next->flags & (KM_WF_ASYNC | KM_WF_SHARED)))
+				n &= ~KM_S_HANDOFF;
+			/* A head woken to retry and granted before it did: its
+			 * wake is spent, so the word must stop saying one is on
+			 * its way (else releasers would never wake the next). */
+			if (w->flags & KM_WF_WOKEN)
+				n &= ~KM_S_WAKING;
 			if (km_cas_acq_rel(&e->state, &s, n)) {
 				granted = true;
 				break;
@@ -221,6 +231,7 @@ void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 		}
 		if (!granted)
 			return;
+		w->flags &= (uint16_t)~KM_WF_WOKEN;
 		km_queue_remove(e, w);
 		km_done_grant(done, w);
 	}
@@ -305,7 +316,9 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			rc = EAGAIN;
 			goto out_unlock;
 		}
-		if (km_cas_acquire(&e->state, &s, s + KM_S_WAIT1))
+		/* A shared request is served only by direct grants: keep
+		 * barging newcomers out until it is (see km_dispatch). */
+		if (km_cas_acquire(&e->state, &s, (s + KM_S_WAIT1) | (shared ? KM_S_HANDOFF : 0)))
 			break;
 	}
 	km_queue_append(e, &w);

@@ -40,7 +40,7 @@ run "ThreadSanitizer" env KM_STRESS_MS="$KM_SAN_MS" \
 	--suite unit --suite stress --suite async --suite modes
 CC=clang setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false -Dexamples=false
 run "AddressSanitizer+UBSan" env KM_STRESS_MS="$KM_SAN_MS" \
-	ASAN_OPTIONS="detect_leaks=1:halt_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+	ASAN_OPTIONS="detect_leaks=1:halt_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$PWD/tests/ubsan.supp" \
 	meson test -C build-asan --print-errorlogs -v --num-processes 1 \
 	--suite unit --suite stress --suite async --suite modes
 
