@@ -106,7 +106,8 @@ void km_async_complete(struct km_waiter *w)
 	int status = st == KM_W_GRANTED ? 0 : st == KM_W_TIMEDOUT ? ETIMEDOUT : ECANCELED;
 	struct km_port *port = req->port;
 
-	km_timer_remove(w);
+	if (w->flags & KM_WF_TIMED)
+		km_timer_remove(w);
 	if (w->token != NULL)
 		km_token_unregister(w->token, w);
 	memset(&req->guard, 0, sizeof req->guard);
@@ -127,27 +128,40 @@ void km_async_complete(struct km_waiter *w)
 		km_run_ready(w);
 }
 
-int km_async_try_cancel(struct km_waiter *w, uint32_t why, struct km_done *done)
+/*
+ * Take a waiting async request out of its queue with status why. registry:
+ * called by the timer or a token, which hold their lock, so a request still
+ * being prepared (PREP) cannot finish its km_acquire_async meanwhile: its
+ * entry is alive, and we must look under the qlock, where it checks the
+ * token and the deadline before it joins the queue.
+ */
+int km_async_try_cancel(struct km_waiter *w, uint32_t why, bool registry,
+			struct km_done *done)
 {
 	struct km_request *req = km_req_of(w);
-	struct km *km = (struct km *)req->guard.priv[0];
 	struct km_entry *e;
+	struct km *km;
+	uint32_t st;
 	bool dead;
 
 	km_rcu_read_lock();
 	/* Queued means the request holds a waiter count: the entry is alive
 	 * now and, inside this section, stays readable. */
-	if (km_load_acquire(&w->status) != KM_W_QUEUED) {
+	st = km_load_acquire(&w->status);
+	if (st != KM_W_QUEUED && !(registry && st == KM_W_PREP)) {
 		km_rcu_read_unlock();
 		return EALREADY;
 	}
 	e = w->entry;
 	km_qlock(e);
 	if (km_load_relaxed(&w->status) != KM_W_QUEUED) {
+		/* Granted, completed, or still preparing: then its own check
+		 * under this qlock, still to come, sees our token or deadline. */
 		km_qunlock(e);
 		km_rcu_read_unlock();
 		return EALREADY;
 	}
+	km = (struct km *)req->guard.priv[0];	/* stable while queued */
 	km_store_release(&w->status, why);
 	dead = km_leave_queue(km, e, w, done);
 	km_qunlock(e);
@@ -166,7 +180,7 @@ int km_request_cancel(struct km_request *req)
 	if (req == NULL)
 		return EINVAL;
 	km_done_init(&done);
-	r = km_async_try_cancel((struct km_waiter *)(void *)req->priv, KM_W_CANCELLED, &done);
+	r = km_async_try_cancel((struct km_waiter *)(void *)req->priv, KM_W_CANCELLED, false, &done);
 	km_done_deliver(&done);
 	return r;
 }
@@ -174,7 +188,8 @@ int km_request_cancel(struct km_request *req)
 /* Undo the registrations of a request that will not wait after all. */
 static void km_async_unprepare(struct km_waiter *w, struct km_token *tok, struct km_port *port)
 {
-	km_timer_remove(w);
+	if (w->flags & KM_WF_TIMED)
+		km_timer_remove(w);
 	if (tok != NULL)
 		km_token_unregister(tok, w);
 	if (port != NULL)
@@ -265,7 +280,9 @@ retry:
 	/* Queue. Register with the token and the timer first, so neither can
 	 * miss us; both check our status under the qlock (PREP: not yet). */
 	memset(req->priv, 0, sizeof req->priv);
-	w->flags = (uint16_t)wflags;
+	/* Every field the timer or a token may read is set before either
+	 * can see the request. */
+	w->flags = (uint16_t)(wflags | (deadline != NULL ? KM_WF_TIMED : 0));
 	w->entry = e;
 	w->status = KM_W_PREP;
 	req->guard.priv[0] = (uintptr_t)km;

@@ -94,12 +94,14 @@ enum { KM_W_QUEUED = 1, KM_W_GRANTED = 2, KM_W_TIMEDOUT = 3, KM_W_CANCELLED = 4,
 #define KM_WF_SHARED 0x1u		/* wants shared mode */
 #define KM_WF_ASYNC  0x2u		/* an async request (granted directly, completed by callback) */
 #define KM_WF_WOKEN  0x4u		/* barging wake delivered, not yet acted on */
+#define KM_WF_TIMED  0x8u		/* async: registered with the timer */
 
 struct km_waiter {
 	struct km_waiter *next, *prev;	/* circular queue links, under the entry's qlock */
 	struct km_entry *entry;		/* the entry it waits on (holds a waiter count) */
 	uint32_t status;		/* KM_W_*; changed under qlock, read atomically */
-	uint16_t flags;			/* KM_WF_* */
+	uint16_t flags;			/* KM_WF_*; WOKEN changes under the qlock, atomically,
+				   since a token cancel reads ASYNC without it */
 	uint16_t cancel;		/* set by a token cancel (sync) */
 	struct km_token *token;		/* registered with, or NULL */
 	struct km_waiter *tnext, *tprev; /* token registration links, under the token lock */
@@ -238,7 +240,8 @@ KM_HIDDEN bool km_token_cancelled(const struct km_token *t);
 
 /* async.c */
 KM_HIDDEN void km_async_complete(struct km_waiter *w);
-KM_HIDDEN int km_async_try_cancel(struct km_waiter *w, uint32_t why, struct km_done *done);
+KM_HIDDEN int km_async_try_cancel(struct km_waiter *w, uint32_t why, bool registry,
+				  struct km_done *done);
 
 /* timer.c */
 KM_HIDDEN int km_timer_add(struct km_waiter *w, const struct timespec *deadline);

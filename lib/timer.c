@@ -109,7 +109,7 @@ static void *km_timer_main(void *arg)
 		km_done_init(&done);
 		/* Under the timer lock, so w cannot complete (and vanish) while
 		 * we look at it; EALREADY if it was granted or cancelled. */
-		(void)km_async_try_cancel(w, KM_W_TIMEDOUT, &done);
+		(void)km_async_try_cancel(w, KM_W_TIMEDOUT, true, &done);
 		pthread_mutex_unlock(&km_timer_lock);
 		km_done_deliver(&done);
 		pthread_mutex_lock(&km_timer_lock);

@@ -85,8 +85,8 @@ void km_token_cancel(struct km_token *t)
 	pthread_mutex_lock(&t->lock);
 	km_store_release(&t->cancelled, 1);
 	for (struct km_waiter *w = t->waits; w != NULL; w = w->tnext) {
-		if (w->flags & KM_WF_ASYNC) {
-			(void)km_async_try_cancel(w, KM_W_CANCELLED, &done);
+		if (km_load_relaxed(&w->flags) & KM_WF_ASYNC) {	/* WOKEN may change under the qlock */
+			(void)km_async_try_cancel(w, KM_W_CANCELLED, true, &done);
 		} else {
 			/* The waiter stays registered (so alive) until it takes
 			 * our lock to unregister: safe to touch it here. */

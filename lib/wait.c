@@ -205,7 +205,7 @@ void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 				if (s & KM_S_WAKING)
 					return;	/* the woken head is on its way */
 				if (km_cas_acq_rel(&e->state, &s, s | KM_S_WAKING)) {
-					w->flags |= KM_WF_WOKEN;
+					__atomic_fetch_or(&w->flags, (uint16_t)KM_WF_WOKEN, __ATOMIC_RELAXED);
 					km_done_wake(done, w);
 					return;
 				}
@@ -231,7 +231,7 @@ void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 		}
 		if (!granted)
 			return;
-		w->flags &= (uint16_t)~KM_WF_WOKEN;
+		__atomic_fetch_and(&w->flags, (uint16_t)~KM_WF_WOKEN, __ATOMIC_RELAXED);
 		km_queue_remove(e, w);
 		km_done_grant(done, w);
 	}
@@ -259,7 +259,7 @@ bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
 		if (km_s_unused(n) && !(n & KM_S_IDLEQ))
 			n = KM_S_DEAD;	/* an idle-ring entry waits for its eviction */
 	} while (!km_cas_acq_rel(&e->state, &s, n));
-	w->flags &= (uint16_t)~KM_WF_WOKEN;
+	__atomic_fetch_and(&w->flags, (uint16_t)~KM_WF_WOKEN, __ATOMIC_RELAXED);
 	if (km_s_dead(n))
 		return true;
 	km_dispatch(km, e, done);
@@ -347,7 +347,7 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			bool take;
 			uint64_t n;
 
-			w.flags &= (uint16_t)~KM_WF_WOKEN;
+			__atomic_fetch_and(&w.flags, (uint16_t)~KM_WF_WOKEN, __ATOMIC_RELAXED);
 			s = km_load_relaxed(&e->state);
 			/* Retry as the head: take the key if free, else ask for a
 			 * direct hand-off once past the fairness bound. Retries
