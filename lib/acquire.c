@@ -93,7 +93,7 @@ void km_guard_fill(struct km_guard *g, struct km *km, struct km_entry *e,
 static void km_release(struct km *km, struct km_entry *e)
 {
 	struct km_done done;
-	uint32_t idle_cap = km_my_stripe(km)->idle_cap;
+	uint32_t idle_cap = km->idle_limit != 0 ? 1 : 0;
 	bool idle;
 	uint64_t s, n;
 
@@ -126,7 +126,8 @@ static void km_release(struct km *km, struct km_entry *e)
 	if (km_s_dead(n)) {
 		km_kill(km, e);
 	} else if (idle) {
-		km_idle_push(km, e);
+		if (!km_idle_push(km, e))
+			km_idle_evict(km, e);	/* no ring memory: do not keep it */
 	} else if (km_s_waiters(n) != 0 &&
 		   (!(n & KM_S_WAKING) || (n & KM_S_HANDOFF) || (km->flags & KM_FIFO))) {
 		km_qlock(e);

@@ -53,7 +53,7 @@ struct km_done;
  * section, even after it died and was unlinked, so fields read without a
  * reference (next, state, hash, len, key, owner, qlock) keep their meaning
  * until the grace period ends. Fields only touched after death (link,
- * depth, rcu, and qtail once WAIT is 0) are never read by such readers.
+ * depth, batch_next, and qtail once WAIT is 0) are never read by such readers.
  */
 struct km_entry {
 	uintptr_t next;			/* bucket chain; bit 0: logically deleted (Harris) */
@@ -73,7 +73,7 @@ struct km_entry {
 	};
 	const void *owner;		/* exclusive owner (owner tables), else NULL */
 	struct km_entry *link;		/* pool / retire stack link */
-	struct km_rcu_head rcu;		/* batch head only: call_rcu */
+	struct km_entry *batch_next;	/* batch head only: the next queued batch */
 	unsigned char key[];		/* len bytes */
 };
 
@@ -111,22 +111,24 @@ struct km_waiter {
 _Static_assert(sizeof(struct km_waiter) <= 8 * sizeof(uintptr_t),
 	       "an async waiter lives in km_request.priv");
 
-#define KM_IDLE_RING 32			/* idle ring slots per stripe (at most) */
+#define KM_IDLE_RING 1024		/* idle ring slots per stripe (at most) */
 
 /* A thread's stripe of per-table state: mostly touched by one thread. */
 struct km_stripe {
 	struct km_entry *pool[KM_CLASSES]; /* free entries, Treiber stacks */
 	struct km_entry *retire;	/* dead entries waiting for a batch */
 	uint32_t pool_cap;		/* this stripe's share of pool_size for free entries */
-	uint32_t idle_cap;		/* ... and for idle entries (ring slots in use) */
+	uint32_t idle_cap;		/* slots of this stripe's idle ring */
 	uint32_t idle_pos;		/* next ring slot to fill (atomic counter) */
-	struct km_entry *idle[KM_IDLE_RING]; /* idle entries of this stripe's releases */
+	struct km_entry **idle;		/* the idle ring, allocated on first use */
 	uint64_t acquired, contended, timeouts, cancels, rejected;
 } KM_ALIGNED;
 
 #define KM_STRIPES 64			/* power of two */
 #define KM_RETIRE_BATCH 64		/* dead entries per call_rcu */
-#define KM_INFLIGHT_MAX 1024		/* batches in flight before releasers wait (~6 MiB) */
+#define KM_INFLIGHT_MAX 1024		/* batches in flight before releasers wait (~6 MiB):
+					   a grace period can take 10 ms (liburcu sleeps
+					   when a reader is preempted in its section) */
 
 struct km_shard {
 	uintptr_t *buckets;		/* bucket heads (entry pointers) */
@@ -142,6 +144,8 @@ struct km {
 	unsigned flags;			/* KM_FIFO | KM_RECURSIVE | KM_ERRORCHECK */
 	size_t pool_size;
 	unsigned long inflight;		/* retire batches awaiting their grace period */
+	size_t idle_count;		/* ring slots filled, all stripes (atomic) */
+	size_t idle_limit;		/* their bound: pool_size less the free share */
 	struct km_shard *shards;
 	struct km_stripe stripes[KM_STRIPES];
 };
@@ -166,9 +170,15 @@ KM_HIDDEN void km_entry_retire(struct km *km, struct km_entry *e);
 KM_HIDDEN int km_pool_prefill(struct km *km, size_t n);
 KM_HIDDEN void km_pool_drain(struct km *km);
 KM_HIDDEN size_t km_pool_count(struct km *km);
-KM_HIDDEN void km_idle_push(struct km *km, struct km_entry *e);
+KM_HIDDEN bool km_idle_push(struct km *km, struct km_entry *e);
 KM_HIDDEN void km_idle_flush(struct km *km);
+KM_HIDDEN void km_idle_evict(struct km *km, struct km_entry *e);
 KM_HIDDEN void km_reclaim_backpressure(struct km *km);
+
+/* reclaim.c */
+KM_HIDDEN void km_reclaim_batch(struct km_entry *batch);
+KM_HIDDEN void km_reclaim_enqueue(struct km_entry *batch);
+KM_HIDDEN void km_reclaim_wait(void);
 KM_HIDDEN struct km_stripe *km_my_stripe(struct km *km);
 KM_HIDDEN void *km_malloc(size_t size);
 

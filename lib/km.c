@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define KM_DEFAULT_POOL 4096		/* one retire batch per stripe */
+#define KM_DEFAULT_POOL 16384		/* ~1.5 MiB of entries at most */
 #define KM_DEFAULT_KEYS 16384
 #define KM_MIN_BUCKETS 16		/* per shard */
 
@@ -103,18 +103,22 @@ int km_create(struct km **out, const struct km_options *opt)
 	km->max_waiters = o.max_waiters;
 	km->flags = o.flags;
 	km->pool_size = o.pool_size;
-	/* pool_size bounds free + idle entries: each stripe's share is split
-	 * between its idle ring and its free stacks. */
-	for (unsigned i = 0; i < KM_STRIPES; i++) {
-		size_t share = o.pool_size / KM_STRIPES + (i < o.pool_size % KM_STRIPES);
-		size_t prefill = o.pool_prefill / KM_STRIPES + (i < o.pool_prefill % KM_STRIPES);
-		size_t idle = share / 2 < KM_IDLE_RING ? share / 2 : KM_IDLE_RING;
+	/* pool_size bounds free + idle entries: half may be idle (any stripe's
+	 * ring, counted table-wide), the rest free (split over the stripes).
+	 * Prefilled free entries come first. */
+	km->idle_limit = o.pool_size / 2;
+	if (o.pool_size - km->idle_limit < o.pool_prefill)
+		km->idle_limit = o.pool_size - o.pool_prefill;
+	{
+		size_t free_total = o.pool_size - km->idle_limit;
+		uint32_t ring = (uint32_t)(km->idle_limit < KM_IDLE_RING ? km->idle_limit
+									 : KM_IDLE_RING);
 
-		if (share - idle < prefill)
-			idle = share - prefill;	/* prefilled free entries come first */
-
-		km->stripes[i].idle_cap = (uint32_t)idle;
-		km->stripes[i].pool_cap = (uint32_t)(share - idle);
+		for (unsigned i = 0; i < KM_STRIPES; i++) {
+			km->stripes[i].idle_cap = ring;
+			km->stripes[i].pool_cap = (uint32_t)(free_total / KM_STRIPES +
+							     (i < free_total % KM_STRIPES));
+		}
 	}
 
 	km->shards = km_fault_hit() ? NULL

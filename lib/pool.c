@@ -113,15 +113,12 @@ static void km_entry_reclaim(struct km *km, struct km_entry *e, unsigned stripe)
 	free(e);
 }
 
-/* call_rcu callback: a grace period has passed since the batch was retired. */
-static void km_reclaim_batch(struct rcu_head *head)
+/* A grace period has passed since the batch was retired (reclaim.c). */
+void km_reclaim_batch(struct km_entry *e)
 {
-	struct km_entry *e;
 	struct km *km;
 	unsigned stripe;
 
-	km_rcu_reclaim_begin();		/* before touching the batch (TSAN) */
-	e = km_container_of(head, struct km_entry, rcu);
 	km = e->retire_km;
 	stripe = km_load_relaxed(&e->depth);
 	__atomic_fetch_sub(&km->inflight, 1, __ATOMIC_RELAXED);
@@ -133,7 +130,7 @@ static void km_reclaim_batch(struct rcu_head *head)
 	}
 }
 
-/* Hand a whole retire stack to call_rcu. */
+/* Hand a whole retire stack to the reclaimer. */
 static void km_retire_flush(struct km *km, unsigned stripe)
 {
 	struct km_entry *batch = km_xchg_acq_rel(&km->stripes[stripe].retire, NULL);
@@ -143,20 +140,21 @@ static void km_retire_flush(struct km *km, unsigned stripe)
 	batch->retire_km = km;			/* dead: qtail is free (internal.h) */
 	km_store_relaxed(&batch->depth, stripe); /* the batch head's depth names its stripe */
 	__atomic_fetch_add(&km->inflight, 1, __ATOMIC_RELAXED);
-	km_call_rcu(&batch->rcu, km_reclaim_batch);
+	km_reclaim_enqueue(batch);
 }
 
 /*
- * Bounded reclamation backlog. If the call_rcu worker falls behind (it
- * shares the CPUs with the threads that retire entries), retired memory
- * would grow without bound under churn. A releaser that finds too many
- * batches in flight waits for them (rcu_barrier). Called outside any
- * read-side section, never from a callback.
+ * Bounded reclamation backlog. If the reclaimer falls behind (it shares the
+ * CPUs with the threads that retire entries), retired memory would grow
+ * without bound under churn. A releaser that finds too many batches in
+ * flight waits for them. Never inside a read-side section (a km_unlock from
+ * a km_query visit): the grace period would wait for us.
  */
 void km_reclaim_backpressure(struct km *km)
 {
-	if (km_unlikely(km_load_relaxed(&km->inflight) > KM_INFLIGHT_MAX))
-		km_rcu_barrier();
+	if (km_unlikely(km_load_relaxed(&km->inflight) > KM_INFLIGHT_MAX) &&
+	    !urcu_bp_read_ongoing())
+		km_reclaim_wait();
 }
 
 void km_entry_retire(struct km *km, struct km_entry *e)
@@ -200,7 +198,7 @@ void km_pool_drain(struct km *km)
 {
 	for (unsigned s = 0; s < KM_STRIPES; s++)
 		km_retire_flush(km, s);
-	km_rcu_barrier();	/* every batch callback of this table has run */
+	km_reclaim_wait();	/* every batch of this table is reclaimed */
 	for (unsigned s = 0; s < KM_STRIPES; s++) {
 		for (unsigned c = 0; c < KM_CLASSES; c++) {
 			struct km_entry *e = km->stripes[s].pool[c];
@@ -237,7 +235,7 @@ size_t km_pool_count(struct km *km)
  * evicted. A key that recurs within the ring's reach is found idle and taken
  * with one CAS, with no allocation, unlink or grace period.
  */
-static void km_idle_evict(struct km *km, struct km_entry *e)
+void km_idle_evict(struct km *km, struct km_entry *e)
 {
 	uint64_t s = km_load_acquire(&e->state), n;
 
@@ -253,28 +251,64 @@ static void km_idle_evict(struct km *km, struct km_entry *e)
 		km_kill(km, e);
 }
 
-/* e has IDLEQ set by our release; the caller is in a read-side section. */
-void km_idle_push(struct km *km, struct km_entry *e)
+/*
+ * e has IDLEQ set by our release; the caller is in a read-side section.
+ * Returns false if e cannot be kept (no ring memory): the caller evicts it.
+ * The table-wide count changes only when a slot goes from empty to full or
+ * back, so a warm ring costs one exchange per release.
+ */
+bool km_idle_push(struct km *km, struct km_entry *e)
 {
 	struct km_stripe *st = km_my_stripe(km);
-	uint32_t i = __atomic_fetch_add(&st->idle_pos, 1, __ATOMIC_RELAXED) % st->idle_cap;
-	struct km_entry *victim = km_xchg_acq_rel(&st->idle[i], e);
+	struct km_entry **ring = km_load_acquire(&st->idle);
 
-	if (victim != NULL)
+	if (km_unlikely(ring == NULL)) {
+		struct km_entry **fresh = km_malloc(st->idle_cap * sizeof *fresh);
+
+		if (fresh == NULL)
+			return false;
+		memset(fresh, 0, st->idle_cap * sizeof *fresh);
+		/* Another thread of this slot may have installed one first. */
+		if (!km_cas_acq_rel(&st->idle, &ring, fresh))
+			free(fresh);
+		else
+			ring = fresh;
+	}
+	uint32_t i = __atomic_fetch_add(&st->idle_pos, 1, __ATOMIC_RELAXED) % st->idle_cap;
+	struct km_entry *victim = km_xchg_acq_rel(&ring[i], e);
+
+	if (victim != NULL) {
 		km_idle_evict(km, victim);
+	} else if (__atomic_fetch_add(&km->idle_count, 1, __ATOMIC_RELAXED) >= km->idle_limit) {
+		/* Over the table's bound: empty the slot again. */
+		__atomic_fetch_sub(&km->idle_count, 1, __ATOMIC_RELAXED);
+		victim = km_xchg_acq_rel(&ring[i], NULL);
+		if (victim != NULL)
+			km_idle_evict(km, victim);
+	}
+	return true;
 }
 
-/* Evict every idle entry (km_destroy; nothing else runs on the table). */
+/* Evict every idle entry and free the rings (km_destroy; nothing else runs). */
 void km_idle_flush(struct km *km)
 {
 	km_rcu_read_lock();
 	for (unsigned s = 0; s < KM_STRIPES; s++) {
-		for (unsigned i = 0; i < KM_IDLE_RING; i++) {
-			struct km_entry *e = km_xchg_acq_rel(&km->stripes[s].idle[i], NULL);
+		struct km_entry **ring = km->stripes[s].idle;
+
+		if (ring == NULL)
+			continue;
+		for (unsigned i = 0; i < km->stripes[s].idle_cap; i++) {
+			struct km_entry *e = km_xchg_acq_rel(&ring[i], NULL);
 
 			if (e != NULL)
 				km_idle_evict(km, e);
 		}
 	}
 	km_rcu_read_unlock();
+	for (unsigned s = 0; s < KM_STRIPES; s++) {
+		free(km->stripes[s].idle);
+		km->stripes[s].idle = NULL;
+	}
+	km->idle_count = 0;
 }

@@ -1,0 +1,163 @@
+/*
+ * The reclaimer: one library thread that turns retired entries back into
+ * free memory after an RCU grace period.
+ *
+ * Why not call_rcu: liburcu's call_rcu worker sleeps 10 ms between rounds to
+ * batch callbacks. Under churn that keeps tens of thousands of dead entries
+ * in flight: they go cold in cache, overflow the pool and come back through
+ * malloc/free across threads, and a lock+unlock of a new key cost about a
+ * microsecond. This thread instead runs grace periods back to back while
+ * batches are waiting (urcu_bp_synchronize_rcu, ~0.2 ms here), so about a
+ * grace period's worth of entries is in flight and the pool can absorb it.
+ *
+ * Batches (64 dead entries, linked through ->link, the head naming its table
+ * and stripe) are queued under a mutex, once per batch. The thread starts on
+ * the first batch and exits after KM_RECLAIM_IDLE_MS without work, so an idle
+ * process has no keymutex thread. km_reclaim_wait() waits until every batch
+ * queued before the call is reclaimed (km_destroy, backpressure).
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#define KM_RECLAIM_IDLE_MS 100
+
+static pthread_mutex_t km_rc_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t km_rc_work;	/* batches queued, or stop */
+static pthread_cond_t km_rc_done;	/* a round was reclaimed */
+static pthread_once_t km_rc_once = PTHREAD_ONCE_INIT;
+static struct km_entry *km_rc_queue;	/* batch heads, linked through rcu.next */
+static uint64_t km_rc_queued, km_rc_reclaimed; /* batches queued / reclaimed so far */
+static bool km_rc_running;
+static pthread_t km_rc_thread;
+
+static void km_rc_atfork_child(void)
+{
+	/* The thread does not exist in the child; queued batches are the
+	 * parent's business (the child's copies are simply leaked). */
+	pthread_mutex_init(&km_rc_lock, NULL);
+	km_rc_queue = NULL;
+	km_rc_running = false;
+	km_rc_reclaimed = km_rc_queued;
+}
+
+static void km_rc_init(void)
+{
+	pthread_condattr_t a;
+
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	pthread_cond_init(&km_rc_work, &a);
+	pthread_cond_init(&km_rc_done, &a);
+	pthread_condattr_destroy(&a);
+	pthread_atfork(NULL, NULL, km_rc_atfork_child);
+}
+
+static void *km_rc_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&km_rc_lock);
+	for (;;) {
+		if (km_rc_queue == NULL) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			ts.tv_nsec += KM_RECLAIM_IDLE_MS * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&km_rc_work, &km_rc_lock, &ts);
+			if (km_rc_queue == NULL)
+				break;	/* idle: leave no thread behind */
+			continue;
+		}
+		struct km_entry *batches = km_rc_queue;
+		uint64_t upto = km_rc_queued;
+
+		km_rc_queue = NULL;
+		pthread_mutex_unlock(&km_rc_lock);
+
+		/* Every read-side section that could have seen these entries
+		 * (they were unlinked before being queued) ends before this
+		 * returns. */
+		urcu_bp_synchronize_rcu();
+		km_rcu_reclaim_begin();
+		while (batches != NULL) {
+			struct km_entry *next = batches->batch_next;
+
+			km_reclaim_batch(batches);
+			batches = next;
+		}
+
+		pthread_mutex_lock(&km_rc_lock);
+		km_rc_reclaimed = upto;
+		pthread_cond_broadcast(&km_rc_done);
+	}
+	km_rc_running = false;
+	pthread_mutex_unlock(&km_rc_lock);
+	return NULL;
+}
+
+void km_reclaim_enqueue(struct km_entry *batch)
+{
+	pthread_once(&km_rc_once, km_rc_init);
+	pthread_mutex_lock(&km_rc_lock);
+	batch->batch_next = km_rc_queue;
+	km_rc_queue = batch;
+	km_rc_queued++;
+	if (!km_rc_running) {
+		pthread_attr_t a;
+
+		pthread_attr_init(&a);
+		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+		if (pthread_create(&km_rc_thread, &a, km_rc_main, NULL) == 0)
+			km_rc_running = true;
+		pthread_attr_destroy(&a);
+		/* If no thread can be made, the batch waits for the next
+		 * enqueue or for km_reclaim_wait, which reclaims it itself. */
+	} else {
+		pthread_cond_signal(&km_rc_work);
+	}
+	pthread_mutex_unlock(&km_rc_lock);
+}
+
+/*
+ * Wait until every batch queued before this call is reclaimed. Must not be
+ * called inside a read-side section (the grace period would wait for us).
+ */
+void km_reclaim_wait(void)
+{
+	pthread_once(&km_rc_once, km_rc_init);
+	pthread_mutex_lock(&km_rc_lock);
+	uint64_t target = km_rc_queued;
+
+	while (km_rc_reclaimed < target) {
+		if (!km_rc_running) {
+			/* No thread (creation failed): do the round here. */
+			struct km_entry *batches = km_rc_queue;
+			uint64_t upto = km_rc_queued;
+
+			km_rc_queue = NULL;
+			pthread_mutex_unlock(&km_rc_lock);
+			urcu_bp_synchronize_rcu();
+			km_rcu_reclaim_begin();
+			while (batches != NULL) {
+				struct km_entry *next = batches->batch_next;
+
+				km_reclaim_batch(batches);
+				batches = next;
+			}
+			pthread_mutex_lock(&km_rc_lock);
+			if (km_rc_reclaimed < upto)
+				km_rc_reclaimed = upto;
+			pthread_cond_broadcast(&km_rc_done);
+			continue;
+		}
+		pthread_cond_wait(&km_rc_done, &km_rc_lock);
+	}
+	pthread_mutex_unlock(&km_rc_lock);
+}
