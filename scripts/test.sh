@@ -33,6 +33,8 @@ run "all suites (gcc)" meson test -C build-test --print-errorlogs -v --num-proce
 
 # 2. Sanitizers on the unit and stress suites (short durations).
 KM_SAN_MS="${KM_SAN_MS:-150}"
+# Sanitizer builds keep freed memory (quarantine, shadow): churn fewer keys.
+export KM_RSS_KEYS="${KM_RSS_KEYS_SAN:-1000000}"
 CC=clang setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=false
 run "ThreadSanitizer" env KM_STRESS_MS="$KM_SAN_MS" \
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
