@@ -12,7 +12,7 @@ ir() {
 	valgrind --tool=callgrind --callgrind-out-file=/dev/null "$B/hotpath" "$1" "$2" 2>&1 |
 		sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
-for mode in random repeat pthread; do
+for mode in random repeat async pthread; do
 	a=$(ir $mode $N)
 	b=$(ir $mode $((2 * N)))
 	echo "$mode: $(( (b - a) / N )) instructions per lock+unlock"

@@ -2,6 +2,8 @@
  * Instruction counts of the hot paths, for valgrind --tool=callgrind:
  *   hotpath random N    lock+unlock of a random key among 1M, N times
  *   hotpath repeat N    lock+unlock of one recurring key (another held), N times
+ *   hotpath async N     km_acquire_async (granted at once) + km_unlock of a
+ *                       recurring key, N times
  *   hotpath pthread N   pthread_mutex_lock+unlock, N times
  * A second thread is alive throughout (glibc's single-thread fast path
  * would flatter pthread mutexes). tools/callgrind.sh runs each twice (N and
@@ -25,6 +27,13 @@ static void *idle(void *arg)
 		pthread_cond_wait(&idle_cv, &idle_mu);
 	pthread_mutex_unlock(&idle_mu);
 	return NULL;
+}
+
+static void never_called(struct km_request *req, int status)
+{
+	(void)req;
+	(void)status;
+	abort();
 }
 
 int main(int argc, char **argv)
@@ -58,6 +67,20 @@ int main(int argc, char **argv)
 		for (long i = 0; i < n; i++) {
 			km_lock(km, &k, sizeof k, &g);
 			km_unlock(&g);
+		}
+		km_unlock(&keep);
+	} else if (strcmp(argv[1], "async") == 0) {
+		uint64_t k = 42, other = 7;
+		struct km_guard keep;
+		struct km_request req;
+
+		memset(&req, 0, sizeof req);
+		req.ready = never_called;
+		km_lock(km, &other, sizeof other, &keep);
+		for (long i = 0; i < n; i++) {
+			if (km_acquire_async(km, &k, sizeof k, NULL, &req) != 0)
+				return 1;
+			km_unlock(&req.guard);
 		}
 		km_unlock(&keep);
 	} else {
