@@ -713,7 +713,7 @@ int bench_run(const struct strategy *s, const struct bench_cfg *c, struct bench_
 			note_add(r, "%s", d);
 	}
 	if (r->errors) {
-		char m[64];
+		char m[192];
 
 		snprintf(m, sizeof(m), "%llu lock errors (%s)", (unsigned long long)r->errors, err);
 		note_add(r, "%s", m);

@@ -293,7 +293,7 @@ size_t report_goals(const struct bench_report *rep, struct bench_goal *g, size_t
 	}
 
 	km = find(rep, "io", 64, -1, "keymutex");
-	x = goal(g, &n, max, "io: >= 0.9x ideal throughput (64 threads / hold, less collisions)");
+	x = goal(g, &n, max, "io: >= 0.9x ideal throughput (threads / hold, less collisions)");
 	if (x && km && km->ideal_ops_per_s > 0) {
 		double q = km->ops_per_s / km->ideal_ops_per_s;
 
