@@ -179,6 +179,7 @@ KM_HIDDEN void km_reclaim_backpressure(struct km *km);
 KM_HIDDEN void km_reclaim_batch(struct km_entry *batch);
 KM_HIDDEN void km_reclaim_enqueue(struct km_entry *batch);
 KM_HIDDEN void km_reclaim_wait(void);
+KM_HIDDEN void km_global_init(void);
 KM_HIDDEN struct km_stripe *km_my_stripe(struct km *km);
 KM_HIDDEN void *km_malloc(size_t size);
 

@@ -54,6 +54,7 @@ int km_create(struct km **out, const struct km_options *opt)
 
 	if (out == NULL)
 		return EINVAL;
+	km_global_init();	/* fork hooks before any thread of ours exists */
 	if (opt != NULL)
 		o = *opt;
 	else

@@ -31,7 +31,9 @@ static pthread_cond_t km_rc_done;	/* a round was reclaimed */
 static pthread_once_t km_rc_once = PTHREAD_ONCE_INIT;
 static struct km_entry *km_rc_queue;	/* batch heads, linked through rcu.next */
 static uint64_t km_rc_queued, km_rc_reclaimed; /* batches queued / reclaimed so far */
-static bool km_rc_running;
+static bool km_rc_running;	/* a thread serves the queue */
+static bool km_rc_joinable;	/* km_rc_thread was started and not joined yet */
+static bool km_rc_stop;		/* the library is being unloaded */
 static pthread_t km_rc_thread;
 
 static void km_rc_atfork_child(void)
@@ -41,6 +43,7 @@ static void km_rc_atfork_child(void)
 	pthread_mutex_init(&km_rc_lock, NULL);
 	km_rc_queue = NULL;
 	km_rc_running = false;
+	km_rc_joinable = false;
 	km_rc_reclaimed = km_rc_queued;
 }
 
@@ -53,7 +56,32 @@ static void km_rc_init(void)
 	pthread_cond_init(&km_rc_work, &a);
 	pthread_cond_init(&km_rc_done, &a);
 	pthread_condattr_destroy(&a);
+	/* urcu-bp needs its fork hooks, or a child's grace periods wait for
+	 * parent threads that were inside a read-side section at fork time. */
+	pthread_atfork(urcu_bp_before_fork, urcu_bp_after_fork_parent, urcu_bp_after_fork_child);
 	pthread_atfork(NULL, NULL, km_rc_atfork_child);
+}
+
+/* Registered by km_create, so that fork works before the first batch too. */
+void km_global_init(void)
+{
+	pthread_once(&km_rc_once, km_rc_init);
+}
+
+/* The library is unloaded (dlclose) or the process exits: no thread of ours
+ * may outlive the code it runs. */
+__attribute__((destructor)) static void km_rc_fini(void)
+{
+	pthread_mutex_lock(&km_rc_lock);
+	km_rc_stop = true;
+	if (km_rc_running)
+		pthread_cond_signal(&km_rc_work);
+	bool join = km_rc_joinable;
+
+	km_rc_joinable = false;
+	pthread_mutex_unlock(&km_rc_lock);
+	if (join)
+		pthread_join(km_rc_thread, NULL);
 }
 
 static void *km_rc_main(void *arg)
@@ -70,9 +98,10 @@ static void *km_rc_main(void *arg)
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000L;
 			}
-			pthread_cond_timedwait(&km_rc_work, &km_rc_lock, &ts);
+			if (!km_rc_stop)
+				pthread_cond_timedwait(&km_rc_work, &km_rc_lock, &ts);
 			if (km_rc_queue == NULL)
-				break;	/* idle: leave no thread behind */
+				break;	/* idle or unloading: leave no thread behind */
 			continue;
 		}
 		struct km_entry *batches = km_rc_queue;
@@ -110,13 +139,15 @@ void km_reclaim_enqueue(struct km_entry *batch)
 	km_rc_queue = batch;
 	km_rc_queued++;
 	if (!km_rc_running) {
-		pthread_attr_t a;
-
-		pthread_attr_init(&a);
-		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-		if (pthread_create(&km_rc_thread, &a, km_rc_main, NULL) == 0)
+		/* A thread that left on idle is joined (it is past its last
+		 * touch of the lock) before the next one starts. */
+		if (km_rc_joinable)
+			pthread_join(km_rc_thread, NULL);
+		km_rc_joinable = false;
+		if (pthread_create(&km_rc_thread, NULL, km_rc_main, NULL) == 0) {
 			km_rc_running = true;
-		pthread_attr_destroy(&a);
+			km_rc_joinable = true;
+		}
 		/* If no thread can be made, the batch waits for the next
 		 * enqueue or for km_reclaim_wait, which reclaims it itself. */
 	} else {

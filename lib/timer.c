@@ -26,6 +26,32 @@ static pthread_once_t km_timer_once = PTHREAD_ONCE_INIT;
 static struct km_timer_slot *km_heap;
 static size_t km_heap_n, km_heap_cap;
 static bool km_timer_running;
+static bool km_timer_joinable, km_timer_stop;
+static pthread_t km_timer_thread;
+
+static void km_timer_atfork_child(void)
+{
+	/* The thread does not exist in the child; the pending deadlines are
+	 * the parent's requests (their copies never complete here). */
+	pthread_mutex_init(&km_timer_lock, NULL);
+	km_heap_n = 0;
+	km_timer_running = false;
+	km_timer_joinable = false;
+}
+
+__attribute__((destructor)) static void km_timer_fini(void)
+{
+	pthread_mutex_lock(&km_timer_lock);
+	km_timer_stop = true;
+	if (km_timer_running)
+		pthread_cond_signal(&km_timer_cond);
+	bool join = km_timer_joinable;
+
+	km_timer_joinable = false;
+	pthread_mutex_unlock(&km_timer_lock);
+	if (join)
+		pthread_join(km_timer_thread, NULL);
+}
 
 static void km_timer_init(void)
 {
@@ -35,6 +61,7 @@ static void km_timer_init(void)
 	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
 	pthread_cond_init(&km_timer_cond, &a);
 	pthread_condattr_destroy(&a);
+	pthread_atfork(NULL, NULL, km_timer_atfork_child);
 }
 
 static void km_heap_set(size_t i, struct km_timer_slot s)
@@ -88,7 +115,7 @@ static void *km_timer_main(void *arg)
 {
 	(void)arg;
 	pthread_mutex_lock(&km_timer_lock);
-	while (km_heap_n > 0) {
+	while (km_heap_n > 0 && !km_timer_stop) {
 		uint64_t now = km_now_ns(), when = km_heap[0].when;
 
 		if (when > now) {
@@ -143,20 +170,20 @@ int km_timer_add(struct km_waiter *w, const struct timespec *deadline)
 	km_heap_n++;
 	km_heap_up(km_heap_n - 1);
 	if (!km_timer_running) {
-		pthread_t t;
-		pthread_attr_t a;
 		int r;
 
-		pthread_attr_init(&a);
-		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-		r = km_fault_hit() ? EAGAIN : pthread_create(&t, &a, km_timer_main, NULL);
-		pthread_attr_destroy(&a);
+		if (km_timer_joinable)	/* left when idle: past its last touch */
+			pthread_join(km_timer_thread, NULL);
+		km_timer_joinable = false;
+		r = km_fault_hit() ? EAGAIN : pthread_create(&km_timer_thread, NULL,
+							      km_timer_main, NULL);
 		if (r != 0) {
 			km_heap_remove_at(w->heap_idx - 1);
 			pthread_mutex_unlock(&km_timer_lock);
 			return ENOMEM;
 		}
 		km_timer_running = true;
+		km_timer_joinable = true;
 	} else if (w->heap_idx == 1) {
 		pthread_cond_signal(&km_timer_cond);	/* a new earliest deadline */
 	}

@@ -363,8 +363,16 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			} while (!km_cas_acq_rel(&e->state, &s, n));
 			if (take) {
 				km_queue_remove(e, &w);
-				rc = 0;
-				goto out_unlock;
+				/* Several slots may have come free while we were on our
+				 * way (a keyed semaphore): pass the wake on. */
+				km_done_init(&done);
+				km_dispatch(km, e, &done);
+				km_qunlock(e);
+				km_rcu_read_unlock();
+				km_done_deliver(&done);
+				if (tok != NULL)
+					km_token_unregister(tok, &w);
+				return 0;
 			}
 		}
 		if (km_load_acquire(&w.cancel)) {
