@@ -713,9 +713,9 @@ int bench_run(const struct strategy *s, const struct bench_cfg *c, struct bench_
 			note_add(r, "%s", d);
 	}
 	if (r->errors) {
-		char m[192];
+		char m[96];
 
-		snprintf(m, sizeof(m), "%llu lock errors (%s)", (unsigned long long)r->errors, err);
+		snprintf(m, sizeof(m), "%llu lock errors (%.60s)", (unsigned long long)r->errors, err);
 		note_add(r, "%s", m);
 		if (r->status == RUN_OK)
 			r->status = RUN_FAILED;

@@ -39,14 +39,24 @@ CC=clang setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -De
 run "ThreadSanitizer" env KM_STRESS_MS="$KM_SAN_MS" \
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
 	meson test -C build-tsan --print-errorlogs -v --num-processes 1 \
-	--suite unit --suite stress --suite async --suite modes
+	--suite unit --suite stress --suite async --suite modes --suite torture
 CC=clang setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false -Dexamples=false
 run "AddressSanitizer+UBSan" env KM_STRESS_MS="$KM_SAN_MS" \
 	ASAN_OPTIONS="detect_leaks=1:halt_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$PWD/tests/ubsan.supp" \
 	meson test -C build-asan --print-errorlogs -v --num-processes 1 \
-	--suite unit --suite stress --suite async --suite modes
+	--suite unit --suite stress --suite async --suite modes --suite torture
 
-# 3. Negative control: with the seed's bug the stress tests must fail.
+# 3. Fault injection: every allocation site made to fail in turn (also
+#    under valgrind memcheck), and the ENOMEM unit tests.
+setup build-fault -Dfault_injection=true -Dbench=false -Dexamples=false
+run "fault injection" meson test -C build-fault --print-errorlogs -v --num-processes 1 \
+	--suite fault --suite unit
+
+# 4. A short libFuzzer run of the API fuzzer (clang), from the checked-in corpus.
+CC=clang setup build-fuzz -Dbench=false -Dexamples=false
+run "fuzz (short)" meson test -C build-fuzz --print-errorlogs -v --num-processes 1 --suite fuzz
+
+# 5. Negative control: with the seed's bug the stress tests must fail.
 setup build-seedbug -Dseed_bug=true -Dbench=false -Dexamples=false
 run "negative control (seed bug)" meson test -C build-seedbug --print-errorlogs -v --num-processes 1 \
 	--suite seed_bug
