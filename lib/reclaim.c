@@ -40,7 +40,16 @@ static void km_rc_atfork_child(void)
 {
 	/* The thread does not exist in the child; queued batches are the
 	 * parent's business (the child's copies are simply leaked). */
+	pthread_condattr_t a;
+
+	/* The condvars too: a parent thread waiting on one at fork time would
+	 * make the child's first signal wait for it for ever (glibc). */
 	pthread_mutex_init(&km_rc_lock, NULL);
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	pthread_cond_init(&km_rc_work, &a);
+	pthread_cond_init(&km_rc_done, &a);
+	pthread_condattr_destroy(&a);
 	km_rc_queue = NULL;
 	km_rc_running = false;
 	km_rc_joinable = false;

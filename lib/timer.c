@@ -33,7 +33,15 @@ static void km_timer_atfork_child(void)
 {
 	/* The thread does not exist in the child; the pending deadlines are
 	 * the parent's requests (their copies never complete here). */
+	pthread_condattr_t a;
+
+	/* The condvar too: a parent thread waiting on it at fork time would
+	 * make the child's first signal wait for it for ever (glibc). */
 	pthread_mutex_init(&km_timer_lock, NULL);
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	pthread_cond_init(&km_timer_cond, &a);
+	pthread_condattr_destroy(&a);
 	km_heap_n = 0;
 	km_timer_running = false;
 	km_timer_joinable = false;

@@ -303,13 +303,19 @@ static void child_ready(struct km_request *r, int status)
 }
 
 /* In the child: a new table, used, an async deadline, destroyed; exit 0. */
+static void ignore_ready(struct km_request *r, int status)
+{
+	(void)r;
+	(void)status;
+}
+
 static int child_uses_library(void)
 {
 	struct km *c;
 	struct km_guard g;
-	struct km_request req;
-	struct timespec dl;
-	struct km_lock_options o = { .deadline = &dl };
+	struct km_request req, later;
+	struct timespec dl, dl_later;
+	struct km_lock_options o = { .deadline = &dl }, o_later = { .deadline = &dl_later };
 	int bad = 0;
 
 	atomic_store(&child_async_done, 0);
@@ -319,6 +325,13 @@ static int child_uses_library(void)
 	churn(c, 5000);
 	if (km_lock(c, "x", 1, &g) != 0)
 		return 11;
+	/* A later deadline first, then an earlier one: the earlier one
+	 * signals the timer thread's condition variable. */
+	dl_later = kt_deadline_ms(300);
+	memset(&later, 0, sizeof later);
+	later.ready = ignore_ready;
+	if (km_acquire_async(c, "x", 1, &o_later, &later) != EINPROGRESS)
+		return 12;
 	dl = kt_deadline_ms(50);
 	memset(&req, 0, sizeof req);
 	req.ready = child_ready;
@@ -334,7 +347,9 @@ static int child_uses_library(void)
 		km_request_cancel(&req);
 		bad = 13;
 	}
+	km_request_cancel(&later);
 	km_unlock(&g);
+	churn(c, 20000);	/* more batches: the reclaimer's condvar is signalled */
 	printf("    child: km_destroy ...\n");
 	fflush(stdout);
 	if (km_destroy(c) != 0)
@@ -391,13 +406,33 @@ static void case_fork_timer_pending(void)
 	check(km_destroy(km) == 0, "parent km_destroy");
 }
 
+/* fork while the library's threads sleep on their condition variables (the
+ * reclaimer idles up to 100 ms after work, the timer thread waits for a far
+ * deadline): the child's first signals of those condvars must not hang. */
+static void case_fork_threads_waiting(void)
+{
+	struct km *km = new_table(NULL);
+	struct km_guard held;
+	struct km_request req;
+	struct timespec dl = kt_deadline_ms(60000);
+	struct km_lock_options o = { .deadline = &dl };
+
+	km_lock(km, "p", 1, &held);
+	memset(&req, 0, sizeof req);
+	req.ready = child_ready;
+	check(km_acquire_async(km, "p", 1, &o, &req) == EINPROGRESS, "parent async");
+	for (int i = 0; i < 8 && !case_failed; i++) {
+		churn(km, 20000);
+		kt_sleep_us(20000 + 5000 * i);	/* the reclaimer is done, waiting */
+		run_fork_child("fork while the library's threads wait");
+	}
+	check(km_request_cancel(&req) == 0, "parent cancel");
+	km_unlock(&held);
+	check(km_destroy(km) == 0, "parent km_destroy");
+}
+
 static atomic_int stop_hammer;
 
-static void hammer_ready(struct km_request *r, int status)
-{
-	(void)r;
-	(void)status;
-}
 
 static void *hammer(void *p)
 {
@@ -414,7 +449,7 @@ static void *hammer(void *p)
 
 		if (km_lock(km, k, (size_t)len, &g) == 0) {
 			memset(&r, 0, sizeof r);
-			r.ready = hammer_ready;
+			r.ready = ignore_ready;
 			if (km_acquire_async(km, k, (size_t)len, &o, &r) == EINPROGRESS)
 				km_request_cancel(&r);
 			km_unlock(&g);
@@ -459,6 +494,7 @@ static const struct tcase cases[] = {
 	{ "fork after use: child makes, uses, destroys a table", case_fork_after_use, 30 },
 	{ "fork with an async deadline pending in the parent", case_fork_timer_pending, 30 },
 	{ "fork while other threads use the library", case_fork_while_busy, 60 },
+	{ "fork while the library's threads wait (8 times)", case_fork_threads_waiting, 80 },
 };
 
 int main(int argc, char **argv)
