@@ -15,6 +15,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include "internal.h"
+#include "take.h"
 
 #define KM_SPIN 100			/* state-word re-reads before queueing */
 
@@ -89,6 +90,17 @@ void km_guard_fill(struct km_guard *g, struct km *km, struct km_entry *e,
 	g->priv[3] = (uintptr_t)owner;
 }
 
+/* A hold was just taken (at once or granted): record its owner, fill g. */
+void km_guard_held(struct km_guard *g, struct km *km, struct km_entry *e,
+		   unsigned wflags, const void *owner)
+{
+	if (owner != NULL && !(wflags & KM_WF_SHARED)) {
+		e->recursion = 0;
+		km_store_relaxed(&e->owner, owner);
+	}
+	km_guard_fill(g, km, e, wflags, owner);
+}
+
 /* Drop one hold of e (see the file comment). */
 static void km_release(struct km *km, struct km_entry *e)
 {
@@ -146,8 +158,8 @@ int km_acquire(struct km *km, const void *key, size_t len,
 	struct km_entry *e;
 	const void *owner = NULL;
 	unsigned flags;
-	bool shared, inserted, contended = false;
-	uint64_t h, s, born;
+	bool shared, nested, contended = false;
+	uint32_t h;
 	int rc;
 
 	if (g == NULL)
@@ -169,46 +181,20 @@ int km_acquire(struct km *km, const void *key, size_t len,
 		owner = km_owner_of(opt);
 
 	h = km_hash(km, key, len);
-	born = km_s_take(0, shared, km->max_holders);
 	km_rcu_read_lock();
 retry:
-	e = km_table_find_or_insert(km, h, key, len, born, &inserted);
-	if (e == NULL) {
+	rc = km_take_now(km, h, key, len, shared, owner,
+			 (flags & KM_TRY) ? 0 : KM_SPIN, &e, &nested);
+	if (rc != EBUSY) {
 		km_rcu_read_unlock();
-		return ENOMEM;
-	}
-	if (inserted)
-		goto got;
-	if (owner != NULL && km_load_relaxed(&e->owner) == owner) {
-		/* Only this owner stores itself here, and clears it before
-		 * releasing: equality means it holds the key exclusively. */
-		km_rcu_read_unlock();
-		if (km->flags & KM_ERRORCHECK)
-			return EDEADLK;
-		if (shared)
-			return EINVAL;	/* the owner holds it exclusively */
-		e->recursion++;
-		km_guard_fill(g, km, e, 0, owner);
-		g->priv[2] = h;
+		if (rc != 0)
+			return rc;
+		if (nested)
+			km_guard_fill(g, km, e, 0, owner);
+		else
+			km_guard_held(g, km, e, shared ? KM_WF_SHARED : 0, owner);
 		km_add_relaxed(&km_my_stripe(km)->acquired, 1);
 		return 0;
-	}
-
-	s = km_load_acquire(&e->state);
-	/* Take a hold if no queued request comes first. Retries when another
-	 * thread changed the word between our read and our CAS. */
-	for (unsigned spin = 0;; spin++) {
-		if (km_s_dead(s))
-			goto retry;	/* never revive: find or insert a fresh one */
-		if (km_may_barge(km, s, shared)) {
-			if (km_cas_acquire(&e->state, &s, km_s_take(s, shared, km->max_holders)))
-				goto got;
-			continue;
-		}
-		if ((flags & KM_TRY) || spin >= KM_SPIN || km_s_waiters(s) != 0)
-			break;
-		km_cpu_relax();
-		s = km_load_acquire(&e->state);
 	}
 	if (flags & KM_TRY) {
 		km_rcu_read_unlock();
@@ -227,16 +213,7 @@ retry:
 		km_count(km, rc);
 		return rc;
 	}
-	goto got_unlocked;
-got:
-	km_rcu_read_unlock();
-got_unlocked:
-	if (owner != NULL && !shared) {
-		e->recursion = 0;
-		km_store_relaxed(&e->owner, owner);
-	}
-	km_guard_fill(g, km, e, shared ? KM_WF_SHARED : 0, owner);
-	g->priv[2] = h;
+	km_guard_held(g, km, e, shared ? KM_WF_SHARED : 0, owner);
 	{
 		struct km_stripe *st = km_my_stripe(km);
 

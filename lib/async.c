@@ -16,6 +16,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include "internal.h"
+#include "take.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -84,23 +85,11 @@ static void km_port_post(struct km_port *p, struct km_waiter *w)
 	pthread_mutex_unlock(&p->lock);
 }
 
-static void km_fill_granted(struct km_request *req, struct km *km, struct km_entry *e,
-			    unsigned wflags, const void *owner, uint64_t h)
-{
-	if (owner != NULL && !(wflags & KM_WF_SHARED)) {
-		e->recursion = 0;
-		km_store_relaxed(&e->owner, owner);
-	}
-	km_guard_fill(&req->guard, km, e, wflags, owner);
-	req->guard.priv[2] = h;
-}
-
 void km_async_complete(struct km_waiter *w)
 {
 	struct km_request *req = km_req_of(w);
 	struct km *km = (struct km *)req->guard.priv[0];
 	const void *owner = (const void *)req->guard.priv[1];
-	uint64_t h = req->guard.priv[2];
 	unsigned wflags = (unsigned)req->guard.priv[3];
 	uint32_t st = km_load_acquire(&w->status);
 	int status = st == KM_W_GRANTED ? 0 : st == KM_W_TIMEDOUT ? ETIMEDOUT : ECANCELED;
@@ -114,7 +103,7 @@ void km_async_complete(struct km_waiter *w)
 	if (status == 0) {
 		struct km_stripe *sp = km_my_stripe(km);
 
-		km_fill_granted(req, km, w->entry, wflags, owner, h);
+		km_guard_held(&req->guard, km, w->entry, wflags, owner);
 		km_add_relaxed(&sp->acquired, 1);
 		km_add_relaxed(&sp->contended, 1);
 	} else {
@@ -205,8 +194,9 @@ int km_acquire_async(struct km *km, const void *key, size_t len,
 	struct km_entry *e;
 	const void *owner = NULL;
 	unsigned flags, wflags;
-	bool shared, inserted;
-	uint64_t h, s, born;
+	bool shared, nested;
+	uint32_t h;
+	uint64_t s;
 	int rc;
 
 	if (req == NULL)
@@ -233,39 +223,21 @@ int km_acquire_async(struct km *km, const void *key, size_t len,
 	if (km->flags & KM_OWNER_FLAGS)
 		owner = km_owner_of(opt);
 	h = km_hash(km, key, len);
-	born = km_s_take(0, shared, km->max_holders);
 
 	km_rcu_read_lock();
 retry:
-	e = km_table_find_or_insert(km, h, key, len, born, &inserted);
-	if (e == NULL) {
+	rc = km_take_now(km, h, key, len, shared, owner, 0, &e, &nested);
+	if (rc != EBUSY) {
 		km_rcu_read_unlock();
-		return ENOMEM;
-	}
-	if (inserted)
-		goto got;
-	if (owner != NULL && km_load_relaxed(&e->owner) == owner) {
-		km_rcu_read_unlock();
-		if (km->flags & KM_ERRORCHECK)
-			return EDEADLK;
-		if (shared)
-			return EINVAL;	/* the owner holds it exclusively */
-		e->recursion++;
-		km_guard_fill(&req->guard, km, e, 0, owner);
-		req->guard.priv[2] = h;
+		if (rc != 0)
+			return rc;
+		if (nested)
+			km_guard_fill(&req->guard, km, e, 0, owner);
+		else
+			km_guard_held(&req->guard, km, e, wflags, owner);
 		km_add_relaxed(&km_my_stripe(km)->acquired, 1);
+		w->status = KM_W_DONE;
 		return 0;
-	}
-	s = km_load_acquire(&e->state);
-	/* Take a hold if no queued request comes first; retries when the
-	 * word changed under us. */
-	for (;;) {
-		if (km_s_dead(s))
-			goto retry;
-		if (!km_may_barge(km, s, shared))
-			break;
-		if (km_cas_acquire(&e->state, &s, km_s_take(s, shared, km->max_holders)))
-			goto got;
 	}
 	if (flags & KM_TRY) {
 		km_rcu_read_unlock();
@@ -287,7 +259,6 @@ retry:
 	w->status = KM_W_PREP;
 	req->guard.priv[0] = (uintptr_t)km;
 	req->guard.priv[1] = (uintptr_t)owner;
-	req->guard.priv[2] = h;
 	req->guard.priv[3] = wflags;
 	if (tok != NULL && km_token_register(tok, w) != 0) {
 		km_rcu_read_unlock();
@@ -354,13 +325,8 @@ retry:
 		km_count(km, rc);
 		return rc;
 	}
-	goto got_unlocked;
-got:
-	km_rcu_read_unlock();
-got_unlocked:
-	km_fill_granted(req, km, e, wflags, owner, h);
+	km_guard_held(&req->guard, km, e, wflags, owner);	/* took it under the qlock */
 	km_add_relaxed(&km_my_stripe(km)->acquired, 1);
-	w->status = KM_W_DONE;
 	return 0;
 }
 

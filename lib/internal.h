@@ -7,8 +7,10 @@
  *   rcu.h      read-side sections and reclamation annotations
  *   hash.c     keyed SipHash-1-3
  *   table.c    the sharded lock-free table: find-or-insert, unlink
- *   pool.c     entry allocation, the bounded pool, RCU retirement in batches
+ *   pool.c     entry allocation, the bounded pool, idle rings, retirement in batches
+ *   reclaim.c  the reclaimer thread: grace periods, then pool or free
  *   wait.c     the per-key wait queue: enqueue, dispatch (grant/wake), park
+ *   take.h     the front of every acquire: find or insert, take at once
  *   acquire.c  km_acquire / km_unlock and the shorthands
  *   multi.c    km_acquire_all / km_unlock_all
  *   token.c    cancellation tokens
@@ -125,7 +127,7 @@ struct km_stripe {
 } KM_ALIGNED;
 
 #define KM_STRIPES 64			/* power of two */
-#define KM_RETIRE_BATCH 64		/* dead entries per call_rcu */
+#define KM_RETIRE_BATCH 64		/* dead entries per reclaimer batch */
 #define KM_INFLIGHT_MAX 1024		/* batches in flight before releasers wait (~6 MiB):
 					   a grace period can take 10 ms (liburcu sleeps
 					   when a reader is preempted in its section) */
@@ -238,6 +240,8 @@ static inline bool km_may_barge(const struct km *km, uint64_t s, bool shared)
 
 /* acquire.c */
 KM_HIDDEN void km_guard_fill(struct km_guard *g, struct km *km, struct km_entry *e,
+			     unsigned wflags, const void *owner);
+KM_HIDDEN void km_guard_held(struct km_guard *g, struct km *km, struct km_entry *e,
 			     unsigned wflags, const void *owner);
 KM_HIDDEN const void *km_owner_of(const struct km_lock_options *opt);
 KM_HIDDEN int km_check_lock_options(const struct km *km, const struct km_lock_options *opt);

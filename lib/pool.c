@@ -1,6 +1,6 @@
 /*
  * Entry memory: allocation, the bounded pool of free entries, and
- * retirement of dead entries through RCU, one call_rcu per batch.
+ * retirement of dead entries through RCU in batches of 64 (reclaim.c).
  *
  * Each table has KM_STRIPES stripes; a thread uses the stripe of its slot
  * (a number it draws once), so the pool and retire stacks it touches are
@@ -10,7 +10,7 @@
  *
  * ABA on the pool stacks: a pop reads head A and A->link, then CASes the head
  * from A to A->link. A can only come back onto a pool stack through a grace
- * period (every push of a used entry happens in an RCU callback), and every
+ * period (every push of a used entry happens in the reclaimer), and every
  * pop runs inside a read-side section, so A cannot leave and return while a
  * pop that saw it is in progress. Entries that were never published (a lost
  * insert race) are retired the same way, not pushed back directly.

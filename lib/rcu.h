@@ -6,7 +6,7 @@
  * Read-side sections bracket every touch of an entry the caller holds no
  * count on: lookups, and the moments after a release or a waiter leaving,
  * when the entry may die under us. Retired entries are reclaimed (pooled or
- * freed) only from a call_rcu callback, after a grace period.
+ * freed) only by the reclaimer (reclaim.c), after a grace period.
  *
  * ThreadSanitizer: Debian's liburcu 0.13 carries no TSAN annotations, so a
  * grace period is invisible to it. We annotate our own reclamation: every
@@ -21,18 +21,10 @@
 
 #define _LGPL_SOURCE 1		/* inline read-side fast paths (small functions, LGPL-permitted) */
 #include <urcu/urcu-bp.h>
-#include <urcu/call-rcu.h>
-
-#define km_rcu_head rcu_head
 
 #ifdef KM_TSAN
 #include <sanitizer/tsan_interface.h>
 extern char km_rcu_tsan_sync;
-#define km_tsan_release(a) __tsan_release(a)
-#define km_tsan_acquire(a) __tsan_acquire(a)
-#else
-#define km_tsan_release(a) ((void)(a))
-#define km_tsan_acquire(a) ((void)(a))
 #endif
 
 static inline void km_rcu_read_lock(void)
@@ -48,7 +40,7 @@ static inline void km_rcu_read_unlock(void)
 	urcu_bp_read_unlock();
 }
 
-/* Called first thing in every reclamation callback. */
+/* Called by the reclaimer after each grace period, before it touches a batch. */
 static inline void km_rcu_reclaim_begin(void)
 {
 #ifdef KM_TSAN
@@ -56,7 +48,5 @@ static inline void km_rcu_reclaim_begin(void)
 #endif
 }
 
-#define km_call_rcu(head, fn) urcu_bp_call_rcu((head), (fn))
-#define km_rcu_barrier() urcu_bp_barrier()
 
 #endif /* KM_RCU_H */

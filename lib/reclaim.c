@@ -93,6 +93,33 @@ __attribute__((destructor)) static void km_rc_fini(void)
 		pthread_join(km_rc_thread, NULL);
 }
 
+/*
+ * One round, called and returning with km_rc_lock held: take every queued
+ * batch, wait for a grace period (every read-side section that could have
+ * seen these entries, unlinked before they were queued, has ended), then
+ * pool or free them and wake km_reclaim_wait.
+ */
+static void km_rc_round(void)
+{
+	struct km_entry *batches = km_rc_queue;
+	uint64_t upto = km_rc_queued;
+
+	km_rc_queue = NULL;
+	pthread_mutex_unlock(&km_rc_lock);
+	urcu_bp_synchronize_rcu();
+	km_rcu_reclaim_begin();
+	while (batches != NULL) {
+		struct km_entry *next = batches->batch_next;
+
+		km_reclaim_batch(batches);
+		batches = next;
+	}
+	pthread_mutex_lock(&km_rc_lock);
+	if (km_rc_reclaimed < upto)
+		km_rc_reclaimed = upto;
+	pthread_cond_broadcast(&km_rc_done);
+}
+
 static void *km_rc_main(void *arg)
 {
 	(void)arg;
@@ -113,27 +140,7 @@ static void *km_rc_main(void *arg)
 				break;	/* idle or unloading: leave no thread behind */
 			continue;
 		}
-		struct km_entry *batches = km_rc_queue;
-		uint64_t upto = km_rc_queued;
-
-		km_rc_queue = NULL;
-		pthread_mutex_unlock(&km_rc_lock);
-
-		/* Every read-side section that could have seen these entries
-		 * (they were unlinked before being queued) ends before this
-		 * returns. */
-		urcu_bp_synchronize_rcu();
-		km_rcu_reclaim_begin();
-		while (batches != NULL) {
-			struct km_entry *next = batches->batch_next;
-
-			km_reclaim_batch(batches);
-			batches = next;
-		}
-
-		pthread_mutex_lock(&km_rc_lock);
-		km_rc_reclaimed = upto;
-		pthread_cond_broadcast(&km_rc_done);
+		km_rc_round();
 	}
 	km_rc_running = false;
 	pthread_mutex_unlock(&km_rc_lock);
@@ -177,24 +184,7 @@ void km_reclaim_wait(void)
 
 	while (km_rc_reclaimed < target) {
 		if (!km_rc_running) {
-			/* No thread (creation failed): do the round here. */
-			struct km_entry *batches = km_rc_queue;
-			uint64_t upto = km_rc_queued;
-
-			km_rc_queue = NULL;
-			pthread_mutex_unlock(&km_rc_lock);
-			urcu_bp_synchronize_rcu();
-			km_rcu_reclaim_begin();
-			while (batches != NULL) {
-				struct km_entry *next = batches->batch_next;
-
-				km_reclaim_batch(batches);
-				batches = next;
-			}
-			pthread_mutex_lock(&km_rc_lock);
-			if (km_rc_reclaimed < upto)
-				km_rc_reclaimed = upto;
-			pthread_cond_broadcast(&km_rc_done);
+			km_rc_round();	/* no thread (creation failed): do it here */
 			continue;
 		}
 		pthread_cond_wait(&km_rc_done, &km_rc_lock);
