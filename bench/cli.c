@@ -52,25 +52,28 @@ struct scenario {
 	unsigned lat_every;	/* time one acquire in N (contended scenarios: more often) */
 	double full_s, quick_s;	/* duration of each run */
 	uint64_t full_ops, quick_ops;	/* op budget of each run (0: none) */
+	unsigned read_pct;	/* percent of acquires in shared mode */
 };
 
 static const struct scenario scenarios[] = {
 	{ "uncontended", "cost of lock+unlock, entry created and removed each time",
-	  { 1 }, 1, 1000000, DIST_UNIFORM, 0, { 0 }, 1, 0, 16, 2.0, 0.15, 0, 0 },
+	  { 1 }, 1, 1000000, DIST_UNIFORM, 0, { 0 }, 1, 0, 16, 2.0, 0.15, 0, 0, 0 },
 	{ "repeat", "cost when keys recur",
-	  { 1 }, 1, 1000, DIST_UNIFORM, 0, { 0 }, 1, 0, 16, 2.0, 0.15, 0, 0 },
+	  { 1 }, 1, 1000, DIST_UNIFORM, 0, { 0 }, 1, 0, 16, 2.0, 0.15, 0, 0, 0 },
 	{ "uniform", "throughput on independent keys",
-	  { 2, 8, 64 }, 3, 1000000, DIST_UNIFORM, 0, { 100 }, 1, 0, 16, 2.0, 0.15, 0, 0 },
+	  { 2, 8, 64 }, 3, 1000000, DIST_UNIFORM, 0, { 100 }, 1, 0, 16, 2.0, 0.15, 0, 0, 0 },
 	{ "zipf", "hot keys: throughput and p50/p99/p99.9 wait",
-	  { 2, 8, 64 }, 3, 10000, DIST_ZIPF, 0.99, { 100 }, 1, 0, 4, 2.0, 0.15, 0, 0 },
+	  { 2, 8, 64 }, 3, 10000, DIST_ZIPF, 0.99, { 100 }, 1, 0, 4, 2.0, 0.15, 0, 0, 0 },
 	{ "hotkey", "hand-off cost, collapse as threads grow, fairness",
-	  { 2, 8, 64 }, 3, 1, DIST_UNIFORM, 0, { 0, 100 }, 2, 0, 4, 2.0, 0.15, 0, 0 },
+	  { 2, 8, 64 }, 3, 1, DIST_UNIFORM, 0, { 0, 100 }, 2, 0, 4, 2.0, 0.15, 0, 0, 0 },
 	{ "io", "false conflicts (striping) vs real parallelism",
-	  { 64 }, 1, 10000, DIST_UNIFORM, 0, { 0 }, 1, 100, 1, 2.0, 0.2, 0, 0 },
+	  { 64 }, 1, 10000, DIST_UNIFORM, 0, { 0 }, 1, 100, 1, 2.0, 0.2, 0, 0, 0 },
 	{ "churn", "insert + remove + reclamation under load; RSS must stay flat",
-	  { 2 }, 1, 1, DIST_UNIQUE, 0, { 0 }, 1, 0, 16, 60.0, 0.25, 10000000, 0 },
+	  { 2 }, 1, 1, DIST_UNIQUE, 0, { 0 }, 1, 0, 16, 60.0, 0.25, 10000000, 0, 0 },
 	{ "memory", "bytes per held key; table back to zero keys after release",
-	  { 1 }, 1, 1000000, DIST_HOLD, 0, { 0 }, 1, 0, 16, 120.0, 1.5, 0, 0 },
+	  { 1 }, 1, 1000000, DIST_HOLD, 0, { 0 }, 1, 0, 16, 120.0, 1.5, 0, 0, 0 },
+	{ "shared", "read-mostly (90% shared, 10% exclusive) on hot keys: readers must overlap",
+	  { 2, 8, 64 }, 3, 1000, DIST_ZIPF, 0.99, { 100, 1000 }, 2, 0, 4, 2.0, 0.15, 0, 0, 90 },
 };
 
 #define NSCEN (sizeof(scenarios) / sizeof(scenarios[0]))
@@ -84,13 +87,15 @@ struct opts {
 	int scen_on[NSCEN];
 	const struct strategy *strats[16];
 	unsigned nstrats;
+	int default_strats;	/* no --strategy: reader-writer baselines only where reads are shared */
 
 	uint64_t threads[MAX_LIST];
 	unsigned nthreads;
 	uint64_t inside[MAX_LIST];
 	unsigned ninside;
 	int has_keys, has_dist, has_zipf_s, has_sleep, has_outside, has_duration, has_ops;
-	int has_lat_every;
+	int has_lat_every, has_read_pct;
+	uint64_t read_pct;
 	uint64_t keys, sleep_us, outside_ns, ops, seed, stripes, pool, rss_cap_mib, km_keys, km_pool;
 	uint64_t lat_every;
 	enum bench_dist dist;
@@ -121,7 +126,8 @@ static void usage(FILE *f)
 "Selection:\n"
 "  --quick               every scenario, every strategy, briefly (< 1 minute)\n"
 "  --scenario LIST       comma-separated scenarios, or 'all' (default: all)\n"
-"  --strategy LIST       comma-separated strategies, or 'all' (default: all)\n"
+"  --strategy LIST       comma-separated strategies, or 'all' (default: all;\n"
+"                        rwglobal, rwstriped, rwlock only where reads are shared)\n"
 "  --list                list scenarios and strategies, then exit\n"
 "Workload (override every selected scenario's default):\n"
 "  --threads LIST        working threads, e.g. 2,8,64 (memory is always 1)\n"
@@ -131,6 +137,7 @@ static void usage(FILE *f)
 "  --inside-ns LIST      spin this long inside the critical section, e.g. 0,100\n"
 "  --sleep-us N          sleep this long inside the critical section (I/O-like)\n"
 "  --outside-ns N        spin this long between release and the next acquire\n"
+"  --read-pct P          take P% of acquires in shared mode (shared: 90; others: 0)\n"
 "  --duration T          per run: seconds, or with a unit (500ms, 2s); memory: a\n"
 "                        cap on its acquire phase\n"
 "  --ops N               per run: stop after N acquires in total\n"
@@ -304,7 +311,7 @@ static int parse_strategies(struct opts *o, const char *s)
 /* Options that take a value. */
 static const char *const valued[] = {
 	"--scenario", "--strategy", "--threads", "--keys", "--dist", "--zipf-s",
-	"--inside-ns", "--sleep-us", "--outside-ns", "--duration", "--ops", "--lat-every",
+	"--inside-ns", "--sleep-us", "--outside-ns", "--read-pct", "--duration", "--ops", "--lat-every",
 	"--seed", "--stripes", "--pool", "--km-expected-keys", "--km-pool", "--timeout", "--rss-cap", "--csv", "--json",
 	"--plot", NULL,
 };
@@ -410,6 +417,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			if (parse_u64(val, &o->outside_ns) || o->outside_ns > 1000000000)
 				return usage_error("--outside-ns: want nanoseconds in 0..1e9, got '%s'", val);
 			o->has_outside = 1;
+		} else if (strcmp(name, "--read-pct") == 0) {
+			if (parse_u64(val, &o->read_pct) || o->read_pct > 100)
+				return usage_error("--read-pct: want a percentage in 0..100, got '%s'", val);
+			o->has_read_pct = 1;
 		} else if (strcmp(name, "--duration") == 0) {
 			if (parse_duration(val, &o->duration_s) || o->duration_s > 3600)
 				return usage_error("--duration: want a time in (0, 3600s], e.g. 0.5 or 500ms, got '%s'",
@@ -459,8 +470,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		if (val && !*val)
 			return usage_error("option '%s' needs a non-empty value", name);
 	}
-	if (!o->nstrats)
+	if (!o->nstrats) {
 		parse_strategies(o, "all");
+		o->default_strats = 1;
+	}
 	return 0;
 }
 
@@ -529,6 +542,7 @@ static size_t build_plan(const struct opts *o, struct planned **out)
 				c.zipf_s = sc->zipf_s;
 				c.inside_ns = ins[b];
 				c.sleep_us = sc->sleep_us;
+				c.read_pct = sc->read_pct;
 				c.lat_every = sc->lat_every;
 				c.duration_s = o->quick ? sc->quick_s : sc->full_s;
 				c.max_ops = o->quick ? sc->quick_ops : sc->full_ops;
@@ -551,6 +565,8 @@ static size_t build_plan(const struct opts *o, struct planned **out)
 						c.sleep_us = o->sleep_us;
 					if (o->has_outside)
 						c.outside_ns = o->outside_ns;
+					if (o->has_read_pct)
+						c.read_pct = (unsigned)o->read_pct;
 					if (o->has_duration) {
 						c.duration_s = o->duration_s;
 						if (!o->has_ops)
@@ -562,6 +578,9 @@ static size_t build_plan(const struct opts *o, struct planned **out)
 				if (o->has_lat_every)
 					c.lat_every = (unsigned)o->lat_every;
 				for (k = 0; k < o->nstrats; k++) {
+					if (o->default_strats && !c.read_pct &&
+					    (o->strats[k]->flags & STRAT_RW_ONLY))
+						continue;
 					if (n == cap) {
 						struct planned *q = realloc(p, 2 * cap * sizeof(*p));
 
@@ -781,7 +800,7 @@ int bench_main(int argc, char **argv)
 	rep.forked = o.fork;
 	rep.overridden = o.nthreads || o.ninside || o.has_keys || o.has_dist || o.has_zipf_s ||
 			 o.has_sleep || o.has_outside || o.stripes || o.pool || o.km_keys ||
-			 o.km_pool;
+			 o.km_pool || o.has_read_pct;
 	rep.n = n;
 	if (!rep.r || !rep.ratio || !rep.command) {
 		fputs("km-bench: out of memory\n", stderr);

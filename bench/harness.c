@@ -6,14 +6,16 @@
  * RSS base excludes them), open the gate, stop them after the duration or the
  * op budget, join, measure, destroy. Every strategy runs this same loop:
  *
- *   pick a key -> [time] lock() [time] -> occupancy++ (must have been 0)
- *   -> spin / sleep inside -> occupancy-- (must have been 1) -> unlock()
- *   -> spin outside
+ *   pick a key (and, with read_pct, a mode) -> [time] lock() [time]
+ *   -> occupancy++ (must have been 0) -> spin / sleep inside
+ *   -> occupancy-- (must have been 1) -> unlock() -> spin outside
  *
- * The occupancy counters are the exclusion detector: one 16-bit counter per
+ * The occupancy counters are the exclusion detector: one 32-bit counter per
  * key slot (the key's index; churn's keys are never shared, so there the
- * slot is the thread). A critical section that finds another one inside on
- * entry, or sees one arrive before it leaves, counts one violation.
+ * slot is the thread). Exclusive holders count 1 in the low half, shared
+ * holders 1 in the high half. An exclusive section that finds anyone else
+ * inside on entry, or sees anyone arrive before it leaves, counts one
+ * violation; a shared section counts one if it meets an exclusive one.
  *
  * SPDX-License-Identifier: MIT
  */
@@ -275,7 +277,7 @@ struct run {
 	const struct strategy *s;
 	void *ctx;
 	const struct bench_cfg *c;
-	_Atomic uint16_t *occ;		/* the exclusion detector, one per key slot */
+	_Atomic uint32_t *occ;		/* the exclusion detector, one per key slot */
 	const double *cdf;
 	uint64_t inside_ticks, outside_ticks, quota;
 	struct timespec sleep_ts;
@@ -297,7 +299,7 @@ struct worker {
 	_Alignas(64) struct run *run;
 	unsigned idx;
 	int err;			/* first lock() error */
-	uint64_t ops, viol, errors, t_end, hold_ticks, hold_n;
+	uint64_t ops, viol, errors, t_end, hold_ticks, hold_n, reads, overlaps;
 	struct hist hist;
 };
 
@@ -311,16 +313,37 @@ static void gate_wait(struct run *r)
 	pthread_mutex_unlock(&r->gate_mu);
 }
 
-/* Enter a key's critical section: 1 if someone else was already inside. */
+#define OCC_EXCL   1u		/* an exclusive holder, in the low half */
+#define OCC_SHARED 0x10000u	/* a shared holder, in the high half */
+#define OCC_EXCL_MASK 0xffffu
+
+/* Enter a key's critical section exclusively: 1 if anyone was already inside. */
 static inline int occ_enter(struct run *r, uint64_t slot)
 {
-	return atomic_fetch_add_explicit(&r->occ[slot], 1, memory_order_relaxed) != 0;
+	return atomic_fetch_add_explicit(&r->occ[slot], OCC_EXCL, memory_order_relaxed) != 0;
 }
 
-/* Leave it: 1 if someone else came in meanwhile. */
+/* Leave it: 1 if anyone came in meanwhile. */
 static inline int occ_leave(struct run *r, uint64_t slot)
 {
-	return atomic_fetch_sub_explicit(&r->occ[slot], 1, memory_order_relaxed) != 1;
+	return atomic_fetch_sub_explicit(&r->occ[slot], OCC_EXCL, memory_order_relaxed) != OCC_EXCL;
+}
+
+/* Enter in shared mode: bit 0 of the result set if an exclusive holder was
+ * inside (a violation), bit 1 if another shared holder was (an overlap). */
+static inline int occ_enter_shared(struct run *r, uint64_t slot)
+{
+	uint32_t old = atomic_fetch_add_explicit(&r->occ[slot], OCC_SHARED, memory_order_relaxed);
+
+	return ((old & OCC_EXCL_MASK) != 0) | (old >= OCC_SHARED) << 1;
+}
+
+/* Leave shared mode: 1 if an exclusive holder came in meanwhile. */
+static inline int occ_leave_shared(struct run *r, uint64_t slot)
+{
+	uint32_t old = atomic_fetch_sub_explicit(&r->occ[slot], OCC_SHARED, memory_order_relaxed);
+
+	return (old & OCC_EXCL_MASK) != 0;
 }
 
 static void *hold_main(struct worker *w)
@@ -388,8 +411,11 @@ static void *worker_main(void *arg)
 	const uint64_t inside = r->inside_ticks, outside = r->outside_ticks;
 	const unsigned every = c->lat_every;
 	const int sleeps = c->sleep_us > 0;
+	const unsigned read_pct = c->read_pct;
+	int (*const lock_shared)(void *, const void *, size_t, struct bench_hold *) =
+		s->lock_shared ? s->lock_shared : s->lock;
 	uint64_t rng = c->seed ^ (0x9E3779B97F4A7C15ull * (w->idx + 1));
-	uint64_t n = 0, viol = 0, errors = 0, hold = 0, holdn = 0;
+	uint64_t n = 0, viol = 0, errors = 0, hold = 0, holdn = 0, reads = 0, overlaps = 0;
 	unsigned cd = 1 + w->idx % every;
 
 	if (dist == DIST_HOLD)
@@ -401,6 +427,7 @@ static void *worker_main(void *arg)
 		struct bench_hold h;
 		uint64_t key, slot, t0 = 0, t1 = 0;
 		int timed = --cd == 0, bad, e;
+		int shared = read_pct && rng_below(&rng, 100) < read_pct;
 
 		switch (dist) {
 		case DIST_ZIPF:
@@ -418,7 +445,7 @@ static void *worker_main(void *arg)
 			cd = every;
 			t0 = bench_ticks();
 		}
-		e = s->lock(ctx, &key, sizeof(key), &h);
+		e = shared ? lock_shared(ctx, &key, sizeof(key), &h) : s->lock(ctx, &key, sizeof(key), &h);
 		if (e) {
 			if (!errors++)
 				w->err = e;
@@ -430,12 +457,19 @@ static void *worker_main(void *arg)
 			t1 = bench_ticks();
 			hist_add(&w->hist, t1 - t0);
 		}
-		bad = occ_enter(r, slot);
+		if (shared) {
+			bad = occ_enter_shared(r, slot);
+			overlaps += (uint64_t)(bad >> 1);
+			bad &= 1;
+			reads++;
+		} else {
+			bad = occ_enter(r, slot);
+		}
 		if (inside)
 			spin_ticks(inside);
 		if (sleeps)
 			nanosleep(&r->sleep_ts, NULL);
-		bad |= occ_leave(r, slot);
+		bad |= shared ? occ_leave_shared(r, slot) : occ_leave(r, slot);
 		viol += (uint64_t)bad;
 		if (timed) {
 			hold += bench_ticks() - t1;
@@ -453,6 +487,8 @@ static void *worker_main(void *arg)
 	w->errors = errors;
 	w->hold_ticks = hold;
 	w->hold_n = holdn;
+	w->reads = reads;
+	w->overlaps = overlaps;
 	atomic_fetch_add(&r->done, 1);
 	return NULL;
 }
@@ -472,6 +508,8 @@ void bench_result_init(struct bench_result *r, const struct strategy *s,
 	r->inside_ns = c->inside_ns;
 	r->sleep_us = c->sleep_us;
 	r->outside_ns = c->outside_ns;
+	r->read_pct = c->read_pct;
+	r->reads_exclusive = c->read_pct && !s->lock_shared;
 	r->dist = c->dist;
 	r->zipf_s = c->zipf_s;
 	r->keys_after = -1;
@@ -523,7 +561,8 @@ int bench_run(const struct strategy *s, const struct bench_cfg *c, struct bench_
 	double npt, cpu0 = 0;
 
 	bench_result_init(r, s, c);
-	if (!c->threads || !c->keys || !c->lat_every || (c->dist == DIST_HOLD && c->threads != 1)) {
+	if (!c->threads || !c->keys || !c->lat_every || c->read_pct > 100 ||
+	    (c->dist == DIST_HOLD && (c->threads != 1 || c->read_pct))) {
 		r->status = RUN_FAILED;
 		note_add(r, "%s", "invalid configuration");
 		return r->status;
@@ -650,6 +689,8 @@ int bench_run(const struct strategy *s, const struct bench_cfg *c, struct bench_
 		for (k = 0; k < created; k++) {
 			r->ops += w[k].ops;
 			r->violations += w[k].viol;
+			r->reads += w[k].reads;
+			r->overlaps += w[k].overlaps;
 			r->errors += w[k].errors;
 			if (w[k].ops < r->thr_min)
 				r->thr_min = w[k].ops;
@@ -705,6 +746,8 @@ int bench_run(const struct strategy *s, const struct bench_cfg *c, struct bench_
 		}
 	}
 	r->keys_after = s->keys(run->ctx);
+	if (r->reads_exclusive)
+		note_add(r, "%s", "no shared mode: reads exclusive");
 	if (s->describe) {
 		char d[96] = "";
 

@@ -61,6 +61,7 @@ struct bench_cfg {
 	uint64_t inside_ns;	/* spin inside the critical section */
 	uint64_t sleep_us;	/* sleep inside the critical section (I/O-like hold) */
 	uint64_t outside_ns;	/* spin between a release and the next acquire */
+	unsigned read_pct;	/* percent of acquires in shared mode (lock_shared), 0-100 */
 	double duration_s;	/* stop after this long (0: only max_ops stops it) */
 	uint64_t max_ops;	/* stop after this many acquires in total (0: none) */
 	unsigned lat_every;	/* time one acquire in lat_every (1: all) */
@@ -88,6 +89,7 @@ struct bench_result {
 	int variant;		/* index of the scenario variant (set by the caller) */
 	unsigned threads;
 	uint64_t keys, inside_ns, sleep_us, outside_ns;
+	unsigned read_pct;
 	enum bench_dist dist;
 	double zipf_s;
 	int status;
@@ -98,7 +100,12 @@ struct bench_result {
 	uint64_t thr_min, thr_max;	/* per-thread ops: fairness */
 	uint64_t lat_samples;
 	double lat_p50, lat_p99, lat_p999, lat_max, lat_mean;	/* ns, acquire (lock() call) */
-	uint64_t violations;	/* critical sections that were not alone on their key */
+	uint64_t violations;	/* critical sections that were not alone on their key
+				   (shared ones: that met an exclusive one) */
+	uint64_t reads;		/* shared acquires among ops */
+	uint64_t overlaps;	/* shared sections that found another shared one inside:
+				   proof that readers of one key really overlapped */
+	int reads_exclusive;	/* the strategy has no shared mode: reads took lock() */
 	int checked;		/* the occupancy check ran */
 	uint64_t errors;	/* lock() failures */
 

@@ -64,7 +64,9 @@ void fmt_work(char *buf, size_t len, const struct bench_result *r)
 	else
 		n = snprintf(buf, len, "0");
 	if (r->outside_ns && n > 0 && (size_t)n < len)
-		snprintf(buf + n, len - (size_t)n, "+out%llu", (unsigned long long)r->outside_ns);
+		n += snprintf(buf + n, len - (size_t)n, "+out%llu", (unsigned long long)r->outside_ns);
+	if (r->read_pct && n > 0 && (size_t)n < len)
+		snprintf(buf + n, len - (size_t)n, " r%u", r->read_pct);
 }
 
 static int usable(const struct bench_result *r)
@@ -340,6 +342,25 @@ size_t report_goals(const struct bench_report *rep, struct bench_goal *g, size_t
 	} else if (x) {
 		snprintf(x->detail, sizeof(x->detail), "no data");
 	}
+
+	/* Read-mostly (docs/benchmarks.md; issue 5), inside 100 ns. */
+	for (i = 8; i <= 64; i += 56) {
+		km = find(rep, "shared", i, 100, "keymutex");
+		snprintf(what, sizeof(what), "shared, %u threads, inside 100ns: >= 2x rwglobal ops/s", i);
+		goal_ratio(goal(g, &n, max, what), km, find(rep, "shared", i, 100, "rwglobal"), 2.0);
+		snprintf(what, sizeof(what), "shared, %u threads, inside 100ns: >= 0.8x rwstriped ops/s", i);
+		goal_ratio(goal(g, &n, max, what), km, find(rep, "shared", i, 100, "rwstriped"), 0.8);
+	}
+	km = find(rep, "shared", 64, 1000, "keymutex");
+	x = goal(g, &n, max, "shared, 64 threads, inside 1000ns: readers of a key overlap");
+	if (x && km && km->reads) {
+		snprintf(x->detail, sizeof(x->detail), "%.1f%% of %llu shared sections met another",
+			 100.0 * (double)km->overlaps / (double)km->reads,
+			 (unsigned long long)km->reads);
+		x->verdict = km->overlaps > 0 ? GOAL_MET : GOAL_MISSED;
+	} else if (x) {
+		snprintf(x->detail, sizeof(x->detail), "no data");
+	}
 	return n;
 }
 
@@ -396,7 +417,7 @@ void report_table(FILE *f, const struct bench_report *rep)
 	int last_variant = -1;
 	const char *last_scen = "";
 
-	fprintf(f, "%-11s %4s %-9s %-8s %8s %6s %6s %7s %7s %7s %7s %6s %7s %8s  %s\n", "scenario",
+	fprintf(f, "%-11s %4s %-10s %-9s %8s %6s %6s %7s %7s %7s %7s %6s %7s %8s  %s\n", "scenario",
 		"thr", "work", "strategy", "ops/s", "x km", "fair", "p50", "p99", "p99.9", "max",
 		"viol", "rss+", "keys", "note");
 	for (i = 0; i < rep->n; i++) {
@@ -411,7 +432,7 @@ void report_table(FILE *f, const struct bench_report *rep)
 		last_variant = r->variant;
 		fmt_work(work, sizeof(work), r);
 		if (!usable(r)) {
-			fprintf(f, "%-11s %4u %-9s %-8s %8s  %s\n", r->scenario, r->threads, work,
+			fprintf(f, "%-11s %4u %-10s %-9s %8s  %s\n", r->scenario, r->threads, work,
 				r->strategy, bench_status_name(r->status), r->note);
 			continue;
 		}
@@ -453,6 +474,9 @@ void report_table(FILE *f, const struct bench_report *rep)
 				 r->ops_per_s / r->ideal_ops_per_s, r->hold_mean_ns / 1e3);
 		else if (r->dist == DIST_UNIQUE)
 			snprintf(extra, sizeof(extra), "%.2fM new keys; ", (double)r->ops / 1e6);
+		else if (r->reads && !r->reads_exclusive)
+			snprintf(extra, sizeof(extra), "%.0f%% of reads overlapped; ",
+				 100.0 * (double)r->overlaps / (double)r->reads);
 		if (r->status == RUN_CAPPED)
 			strncat(extra, "STOPPED EARLY; ", sizeof(extra) - strlen(extra) - 1);
 		if (starved(r)) {
@@ -460,7 +484,7 @@ void report_table(FILE *f, const struct bench_report *rep)
 
 			snprintf(extra + l, sizeof(extra) - l, "cpu %.0f%%!; ", r->cpu_share * 100);
 		}
-		fprintf(f, "%-11s %4u %-9s %-8s %8s %6s %6s %7s %7s %7s %7s %6s %7s %8s  %s%s\n",
+		fprintf(f, "%-11s %4u %-10s %-9s %8s %6s %6s %7s %7s %7s %7s %6s %7s %8s  %s%s\n",
 			r->scenario, r->threads, work, r->strategy, ops, q, fair, p50, p99, p999, mx,
 			viol, rss, keys, extra, r->note);
 	}
@@ -577,7 +601,7 @@ int report_csv(const char *path, const struct bench_report *rep)
 	      "lat_samples,lat_p50_ns,lat_p99_ns,lat_p999_ns,lat_max_ns,lat_mean_ns,"
 	      "violations,checked,errors,rss_base_kib,rss_peak_growth_kib,rss_end_growth_kib,"
 	      "rss_peak_exact,keys_after,keys_held,bytes_per_key,hold_mean_ns,ideal_ops_per_s,"
-	      "cpu_share,note\n",
+	      "cpu_share,read_pct,reads,overlaps,reads_exclusive,note\n",
 	      f);
 	for (i = 0; i < rep->n; i++) {
 		const struct bench_result *r = &rep->r[i];
@@ -604,7 +628,8 @@ int report_csv(const char *path, const struct bench_report *rep)
 		csv_num(f, r->hold_mean_ns);
 		csv_num(f, r->ideal_ops_per_s > 0 ? r->ideal_ops_per_s : NAN);
 		csv_num(f, r->elapsed_s > 0 ? r->cpu_share : NAN);
-		fputc(',', f);
+		fprintf(f, ",%u,%llu,%llu,%d,", r->read_pct, (unsigned long long)r->reads,
+			(unsigned long long)r->overlaps, r->reads_exclusive);
 		csv_str(f, r->note);
 		fputc('\n', f);
 	}
@@ -722,6 +747,9 @@ int report_json(const char *path, const struct bench_report *rep, const struct b
 		json_num(f, "hold_mean_ns", r->hold_mean_ns, 1);
 		json_num(f, "ideal_ops_per_s", r->ideal_ops_per_s > 0 ? r->ideal_ops_per_s : NAN, 1);
 		json_num(f, "cpu_share", r->elapsed_s > 0 ? r->cpu_share : NAN, 1);
+		fprintf(f, "\"read_pct\": %u, \"reads\": %llu, \"overlaps\": %llu, "
+			"\"reads_exclusive\": %s, ", r->read_pct, (unsigned long long)r->reads,
+			(unsigned long long)r->overlaps, r->reads_exclusive ? "true" : "false");
 		fputs("\"note\": ", f);
 		json_str(f, r->note);
 		fprintf(f, "}%s\n", i + 1 < rep->n ? "," : "");

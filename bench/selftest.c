@@ -3,6 +3,8 @@
  *
  *  - the exclusion detector catches naive (the seed's broken original) on a
  *    short contended run, and shows 0 for global and keymutex;
+ *  - in shared mode it catches readers that meet writers, and sees readers
+ *    of one key overlap under every strategy that has a shared mode;
  *  - percentiles of the histogram are right on known data;
  *  - bad arguments are reported with exit status 2 (in-process and through
  *    the real km-bench binary);
@@ -14,6 +16,7 @@
 #include <criterion/redirect.h>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -132,6 +135,143 @@ Test(detector, memory_scenario_counts_keys, .timeout = 60)
 	cr_assert_eq(r.keys_after, 0);
 	cr_assert_eq(r.violations, 0u);
 	cr_assert_eq(bench_run(&strat_striped, &c, &r), RUN_SKIPPED);
+}
+
+/* ------------------------------------------------------------------ */
+/* The shared-mode detector                                            */
+/* ------------------------------------------------------------------ */
+
+/* A broken reader-writer lock: readers take nothing at all, so they meet
+ * writers. The detector must see it. */
+static pthread_mutex_t broken_rw_m = PTHREAD_MUTEX_INITIALIZER;
+
+static void *broken_rw_create(const struct strat_params *p, char *err, size_t errlen)
+{
+	(void)p;
+	(void)err;
+	(void)errlen;
+	return &broken_rw_m;
+}
+
+static int broken_rw_destroy(void *self)
+{
+	(void)self;
+	return 0;
+}
+
+static int broken_rw_lock(void *self, const void *key, size_t len, struct bench_hold *h)
+{
+	(void)key;
+	(void)len;
+	pthread_mutex_lock(self);
+	h->p[0] = self;
+	return 0;
+}
+
+static int broken_rw_lock_shared(void *self, const void *key, size_t len, struct bench_hold *h)
+{
+	(void)self;
+	(void)key;
+	(void)len;
+	h->p[0] = NULL;
+	return 0;
+}
+
+static void broken_rw_unlock(void *self, struct bench_hold *h)
+{
+	(void)self;
+	if (h->p[0])
+		pthread_mutex_unlock(h->p[0]);
+}
+
+static long long broken_rw_keys(void *self)
+{
+	(void)self;
+	return -1;
+}
+
+static const struct strategy broken_rw = {
+	.name = "broken_rw",
+	.what = "test only: readers take no lock",
+	.create = broken_rw_create,
+	.destroy = broken_rw_destroy,
+	.lock = broken_rw_lock,
+	.lock_shared = broken_rw_lock_shared,
+	.unlock = broken_rw_unlock,
+	.keys = broken_rw_keys,
+};
+
+/* Read-mostly on a handful of keys, long enough sections that readers of
+ * one key are often inside together (preempted inside, on a small machine). */
+static struct bench_cfg shared_cfg(unsigned read_pct)
+{
+	struct bench_cfg c = hot_cfg(8, 0.2);
+
+	c.scenario = "shared";
+	c.keys = 4;
+	c.inside_ns = 2000;
+	c.read_pct = read_pct;
+	return c;
+}
+
+Test(shared_detector, catches_readers_meeting_writers, .timeout = 60)
+{
+	struct bench_cfg c = shared_cfg(90);
+	struct bench_result r;
+	int attempt;
+
+	for (attempt = 0; attempt < 3; attempt++) {
+		cr_assert_eq(bench_run(&broken_rw, &c, &r), RUN_OK, "%s", r.note);
+		if (r.violations > 0)
+			break;
+	}
+	cr_assert_gt(r.violations, 0u, "a reader never met a writer in 3 runs (%llu ops each)",
+		     (unsigned long long)r.ops);
+	cr_assert_gt(r.overlaps, 0u);
+}
+
+/* Every strategy with a shared mode: readers overlap, never meet a writer;
+ * one without: reads are exclusive, so nothing overlaps. */
+Test(shared_detector, every_strategy_is_clean_and_readers_overlap, .timeout = 120)
+{
+	const struct strategy *const *s;
+	struct bench_cfg c = shared_cfg(90);
+
+	for (s = bench_strategies; *s; s++) {
+		struct bench_result r;
+		int attempt;
+
+		if ((*s)->flags & STRAT_NEGATIVE_CONTROL)
+			continue;
+		/* An overlap needs two readers of one key inside at once: a
+		 * loaded machine may schedule a short run without one. */
+		for (attempt = 0; attempt < 5; attempt++) {
+			cr_assert_eq(bench_run(*s, &c, &r), RUN_OK, "%s: %s", (*s)->name, r.note);
+			cr_assert_eq(r.violations, 0u, "%s: %llu violations", (*s)->name,
+				     (unsigned long long)r.violations);
+			cr_assert_gt(r.reads, r.ops / 2, "%s: %llu reads of %llu ops", (*s)->name,
+				     (unsigned long long)r.reads, (unsigned long long)r.ops);
+			cr_assert_lt(r.reads, r.ops);
+			if (!(*s)->lock_shared || r.overlaps > 0)
+				break;
+		}
+		if ((*s)->lock_shared) {
+			cr_assert_eq(r.reads_exclusive, 0);
+			cr_assert_gt(r.overlaps, 0u, "%s: readers never overlapped (%llu reads)",
+				     (*s)->name, (unsigned long long)r.reads);
+		} else {
+			cr_assert_eq(r.reads_exclusive, 1, "%s", (*s)->name);
+			cr_assert_eq(r.overlaps, 0u, "%s: exclusive reads overlapped", (*s)->name);
+		}
+	}
+}
+
+Test(shared_detector, read_pct_out_of_range_is_refused)
+{
+	struct bench_cfg c = shared_cfg(101);
+	struct bench_result r;
+
+	cr_assert_eq(bench_run(&strat_keymutex, &c, &r), RUN_FAILED);
 }
 
 /* ------------------------------------------------------------------ */
@@ -264,6 +404,8 @@ Test(args, errors_exit_2, .init = cr_redirect_stderr)
 	cr_assert_eq(run_main("--quick=yes", NULL), 2);
 	cr_assert_eq(run_main("--csv=", NULL), 2);
 	cr_assert_eq(run_main("--lat-every", "0", NULL), 2);
+	cr_assert_eq(run_main("--read-pct", "101", NULL), 2);
+	cr_assert_eq(run_main("--read-pct", "x", NULL), 2);
 }
 
 Test(args, help_and_list_exit_0, .init = cr_redirect_stdout)

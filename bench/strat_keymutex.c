@@ -1,7 +1,8 @@
 /*
- * keymutex: this library, with its default options (what a user gets from
- * km_create(&km, NULL)); --km-expected-keys and --km-pool set its sizing
- * options. The guard lives in place in the bench_hold.
+ * keymutex: this library (km_lock, km_lock_shared, km_unlock) with its
+ * default options (what a user gets from km_create(&km, NULL));
+ * --km-expected-keys and --km-pool set its sizing options. The guard lives
+ * in place in the bench_hold.
  *
  * SPDX-License-Identifier: MIT
  */
@@ -40,6 +41,11 @@ static int keymutex_lock(void *self, const void *key, size_t len, struct bench_h
 	return km_lock(self, key, len, &h->km);
 }
 
+static int keymutex_lock_shared(void *self, const void *key, size_t len, struct bench_hold *h)
+{
+	return km_lock_shared(self, key, len, &h->km);
+}
+
 static void keymutex_unlock(void *self, struct bench_hold *h)
 {
 	(void)self;
@@ -72,6 +78,7 @@ const struct strategy strat_keymutex = {
 	.create = keymutex_create,
 	.destroy = keymutex_destroy,
 	.lock = keymutex_lock,
+	.lock_shared = keymutex_lock_shared,
 	.unlock = keymutex_unlock,
 	.keys = keymutex_keys,
 	.describe = keymutex_describe,

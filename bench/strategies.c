@@ -16,6 +16,9 @@ const struct strategy *const bench_strategies[] = {
 	&strat_leaky,
 	&strat_mutex,
 	&strat_naive,
+	&strat_rwglobal,
+	&strat_rwstriped,
+	&strat_rwlock,
 	NULL,
 };
 

@@ -40,6 +40,8 @@ struct strat_params {
 #define STRAT_NEGATIVE_CONTROL 0x1u	/* expected to break exclusion (naive) */
 #define STRAT_SINGLE_HOLD      0x2u	/* a thread cannot hold two keys at once (it may self-deadlock) */
 #define STRAT_GROWS            0x4u	/* keeps every key it has seen (memory grows) */
+#define STRAT_RW_ONLY          0x8u	/* a reader-writer baseline: in the default plan
+					   only for scenarios with shared acquires */
 
 struct strategy {
 	const char *name;
@@ -51,8 +53,12 @@ struct strategy {
 	int (*destroy)(void *self);
 	/* Acquire the key, waiting as long as needed: 0 or an errno value. */
 	int (*lock)(void *self, const void *key, size_t len, struct bench_hold *h);
-	/* Release what h holds (returned by a successful lock()). */
+	/* Release what h holds (returned by a successful lock() or lock_shared()). */
 	void (*unlock)(void *self, struct bench_hold *h);
+	/* Optional: acquire the key in shared (read) mode: holders in this mode
+	 * may overlap one another, never a lock() holder. NULL: the strategy has
+	 * no shared mode, and the harness takes reads with lock(). */
+	int (*lock_shared)(void *self, const void *key, size_t len, struct bench_hold *h);
 	/* Entries in the strategy's table now (held, awaited, or kept);
 	 * -1 when it has no table. Called only while no lock()/unlock() runs. */
 	long long (*keys)(void *self);
@@ -68,6 +74,9 @@ extern const struct strategy strat_striped;
 extern const struct strategy strat_leaky;
 extern const struct strategy strat_keymutex;
 extern const struct strategy strat_mutex;
+extern const struct strategy strat_rwglobal;
+extern const struct strategy strat_rwstriped;
+extern const struct strategy strat_rwlock;
 
 /* Every strategy, in report order; NULL-terminated. */
 extern const struct strategy *const bench_strategies[];
