@@ -107,7 +107,7 @@ struct km_waiter {
 	uint16_t cancel;		/* set by a token cancel (sync) */
 	struct km_token *token;		/* registered with, or NULL */
 	struct km_waiter *tnext, *tprev; /* token registration links, under the token lock */
-	uint32_t futex;			/* sync: 0 while asleep, 1 = look again */
+	uint32_t futex;			/* sync: KM_FX_* (wait.c); async: the result */
 	uint32_t heap_idx;		/* async: index in the timer heap + 1, 0 = none */
 };
 _Static_assert(sizeof(struct km_waiter) <= 8 * sizeof(uintptr_t),
@@ -201,6 +201,7 @@ KM_HIDDEN int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 KM_HIDDEN int km_futex_wait(uint32_t *addr, uint32_t val, const struct timespec *deadline);
 KM_HIDDEN uint64_t km_deadline_ns(const struct timespec *deadline);
 KM_HIDDEN void km_futex_wake(uint32_t *addr);
+KM_HIDDEN bool km_waiter_signal(struct km_waiter *w);
 KM_HIDDEN uint64_t km_now_ns(void);
 KM_HIDDEN bool km_deadline_passed(const struct timespec *deadline);
 

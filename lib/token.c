@@ -91,8 +91,8 @@ void km_token_cancel(struct km_token *t)
 			/* The waiter stays registered (so alive) until it takes
 			 * our lock to unregister: safe to touch it here. */
 			km_store_relaxed(&w->cancel, 1);
-			km_store_release(&w->futex, 1);
-			km_futex_wake(&w->futex);
+			if (km_waiter_signal(w))
+				km_futex_wake(&w->futex);
 		}
 	}
 	pthread_mutex_unlock(&t->lock);

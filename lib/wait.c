@@ -23,6 +23,12 @@
  */
 #include "internal.h"
 
+/* ck_backoff's default ceiling, 2^20 empty iterations (about 0.3 ms) per
+ * failed try, turned a qlock held for a few pointer updates into
+ * millisecond stalls under contention (the read-mostly bench scenario spent
+ * 85% of its CPU there). A qlock hold is short: back off at most ~2k
+ * iterations per try, then yield. Must precede the include. */
+#define CK_BACKOFF_CEILING ((1 << 11) - 1)
 #include <ck_backoff.h>
 #include <linux/futex.h>
 #include <sched.h>
@@ -92,7 +98,7 @@ void km_qlock(struct km_entry *e)
 		if (km_load_relaxed(&e->qlock) == 0 &&
 		    km_cas_acquire(&e->qlock, &free_, 1))
 			return;
-		if (++spins < 64) {
+		if (++spins < 32) {
 			ck_backoff_eb(&backoff);
 		} else {
 			/* The holder may be preempted (more threads than cores). */
@@ -136,11 +142,51 @@ void km_queue_remove(struct km_entry *e, struct km_waiter *w)
 	w->next = w->prev = NULL;
 }
 
+/*
+ * A sync waiter's futex word: KM_FX_WAIT from when it queues, KM_FX_PARKED
+ * once it sleeps (or is about to) in the kernel, KM_FX_WAKE when something
+ * happened to it. Wakers exchange in KM_FX_WAKE and make the syscall only
+ * for a parked waiter: one not yet asleep sees the word change instead.
+ */
+#define KM_FX_WAIT   0u
+#define KM_FX_WAKE   1u
+#define KM_FX_PARKED 2u
+
+/*
+ * Wait until something happened to w (grant, wake, cancel) or the deadline
+ * passed, asleep on the futex word. Returns with the word at KM_FX_WAKE, or
+ * still waiting after a timeout; the caller consumes it. (Spinning here
+ * first was tried: on a machine with more threads than cores the spinners
+ * took the CPU the holders needed, and the read-mostly bench got slower.)
+ */
+static void km_park(struct km_waiter *w, const struct timespec *deadline)
+{
+	for (;;) {
+		uint32_t v = KM_FX_WAIT;
+
+		/* Announce the sleep; fails when the wake came first (or, after
+		 * a spurious return, when we are already parked). */
+		if (!km_cas_acquire(&w->futex, &v, KM_FX_PARKED) && v == KM_FX_WAKE)
+			return;
+		if (km_futex_wait(&w->futex, KM_FX_PARKED, deadline) == ETIMEDOUT)
+			return;
+	}
+}
+
+/* Tell a sync waiter to look again: true if it sleeps in the kernel and
+ * needs the futex syscall. acq_rel: releases what we changed for it (its
+ * status, the state word) and pairs with its announcement of the sleep. */
+bool km_waiter_signal(struct km_waiter *w)
+{
+	return km_xchg_acq_rel(&w->futex, KM_FX_WAKE) == KM_FX_PARKED;
+}
+
 /* Record a sync waiter's wake: the futex word is set now, under the qlock;
- * the syscall comes after the qlock is dropped. */
+ * the syscall, if it sleeps, comes after the qlock is dropped. */
 static void km_done_wake(struct km_done *d, struct km_waiter *w)
 {
-	km_store_release(&w->futex, 1);
+	if (!km_waiter_signal(w))
+		return;		/* not asleep yet: it sees the word */
 	if (d->nwake < KM_DONE_WAKES)
 		d->wake[d->nwake++] = &w->futex;
 	else
@@ -328,17 +374,12 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 	since = km_now_ns();
 
 	for (;;) {
-		/* Sleep until something happened to us (grant, wake, cancel) or
-		 * the deadline passed. */
-		while (km_load_acquire(&w.futex) == 0) {
-			if (km_futex_wait(&w.futex, 0, deadline) == ETIMEDOUT)
-				break;
-		}
+		km_park(&w, deadline);
 		km_rcu_read_lock();
 		km_qlock(e);
-		/* Consume the wake-up; acq_rel pairs with the release store of
-		 * whoever set it, so its cancel flag is visible below. */
-		(void)km_xchg_acq_rel(&w.futex, 0);
+		/* Consume the wake-up (back to KM_FX_WAIT); acq_rel pairs with
+		 * the waker's exchange, so its cancel flag is visible below. */
+		(void)km_xchg_acq_rel(&w.futex, KM_FX_WAIT);
 		if (km_load_relaxed(&w.status) == KM_W_GRANTED) {
 			rc = 0;
 			goto out_unlock;
