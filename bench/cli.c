@@ -94,7 +94,7 @@ struct opts {
 	uint64_t inside[MAX_LIST];
 	unsigned ninside;
 	int has_keys, has_dist, has_zipf_s, has_sleep, has_outside, has_duration, has_ops;
-	int has_lat_every, has_read_pct;
+	int has_lat_every, has_read_pct, rw_prefer_writer;
 	uint64_t read_pct;
 	uint64_t keys, sleep_us, outside_ns, ops, seed, stripes, pool, rss_cap_mib, km_keys, km_pool;
 	uint64_t lat_every;
@@ -148,6 +148,8 @@ static void usage(FILE *f)
 "  --pool N              pooled: free locks kept for reuse (default 1024)\n"
 "  --km-expected-keys N  keymutex: km_options.expected_keys (default 0: the library's)\n"
 "  --km-pool N           keymutex: km_options.pool_size (default 0: the library's)\n"
+"  --rw-prefer-writer    rwglobal, rwstriped, rwlock: glibc's writer-preferring\n"
+"                        rwlocks (default: glibc's default, readers preferred)\n"
 "Execution:\n"
 "  --no-fork             run everything in this process (default: a child per run)\n"
 "  --timeout S           watchdog per forked run in seconds (default: duration + 30)\n"
@@ -376,6 +378,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			o->quick = 1;
 		} else if (strcmp(name, "--list") == 0) {
 			o->list = 1;
+		} else if (strcmp(name, "--rw-prefer-writer") == 0) {
+			o->rw_prefer_writer = 1;
 		} else if (strcmp(name, "--no-fork") == 0) {
 			o->fork = 0;
 		} else if (strcmp(name, "--scenario") == 0) {
@@ -552,6 +556,7 @@ static size_t build_plan(const struct opts *o, struct planned **out)
 				c.sp.pool = (unsigned)o->pool;
 				c.sp.km_expected_keys = o->km_keys;
 				c.sp.km_pool = o->km_pool;
+				c.sp.rw_prefer_writer = o->rw_prefer_writer;
 				if (sc->dist != DIST_UNIQUE && o->has_keys)
 					c.keys = o->keys;
 				if ((sc->dist == DIST_UNIFORM || sc->dist == DIST_ZIPF) && o->has_dist)
@@ -800,7 +805,7 @@ int bench_main(int argc, char **argv)
 	rep.forked = o.fork;
 	rep.overridden = o.nthreads || o.ninside || o.has_keys || o.has_dist || o.has_zipf_s ||
 			 o.has_sleep || o.has_outside || o.stripes || o.pool || o.km_keys ||
-			 o.km_pool || o.has_read_pct;
+			 o.km_pool || o.has_read_pct || o.rw_prefer_writer;
 	rep.n = n;
 	if (!rep.r || !rep.ratio || !rep.command) {
 		fputs("km-bench: out of memory\n", stderr);

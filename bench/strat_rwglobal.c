@@ -4,10 +4,11 @@
  * reader-writer locks. Readers of one key overlap; every acquire and release
  * still takes the map mutex once, so different keys serialize on it.
  *
- * The per-key locks are glibc's default kind, PTHREAD_RWLOCK_PREFER_READER_NP:
- * what a user gets from pthread_rwlock_init(&l, NULL). Under a steady stream
- * of readers a writer on the same key may wait a long time; the report's
- * per-thread min/max shows it.
+ * The per-key locks are glibc's default kind, PTHREAD_RWLOCK_PREFER_READER_NP
+ * (what a user gets from pthread_rwlock_init(&l, NULL)): under a steady
+ * stream of readers a writer on the same key may wait a long time.
+ * --rw-prefer-writer makes them PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP,
+ * fair to writers as keymutex's shared mode is.
  *
  * SPDX-License-Identifier: MIT
  */
@@ -30,19 +31,20 @@ struct rwglobal_entry {
 struct rwglobal {
 	pthread_mutex_t map_lock;
 	struct bmap map;
+	struct strat_params params;	/* the kind of rwlock to make */
 };
 
 static void *rwglobal_create(const struct strat_params *p, char *err, size_t errlen)
 {
 	struct rwglobal *s = calloc(1, sizeof(*s));
 
-	(void)p;
 	if (!s || bmap_init(&s->map, 64)) {
 		free(s);
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
 	pthread_mutex_init(&s->map_lock, NULL);
+	s->params = *p;
 	return s;
 }
 
@@ -75,7 +77,7 @@ static struct rwglobal_entry *rwglobal_ref(struct rwglobal *s, const void *key, 
 			pthread_mutex_unlock(&s->map_lock);
 			return NULL;
 		}
-		pthread_rwlock_init(&e->rw, NULL);
+		bench_rwlock_init(&e->rw, &s->params);
 		e->refs = 0;
 		memcpy(e->key, key, len);
 		e->node.hash = hash;
@@ -128,6 +130,12 @@ static void rwglobal_unlock(void *self, struct bench_hold *h)
 	}
 }
 
+static void rwglobal_describe(void *self, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s",
+		 ((struct rwglobal *)self)->params.rw_prefer_writer ? "writer-preferring" : "");
+}
+
 static long long rwglobal_keys(void *self)
 {
 	return (long long)((struct rwglobal *)self)->map.count;
@@ -143,4 +151,5 @@ const struct strategy strat_rwglobal = {
 	.lock_shared = rwglobal_lock_shared,
 	.unlock = rwglobal_unlock,
 	.keys = rwglobal_keys,
+	.describe = rwglobal_describe,
 };

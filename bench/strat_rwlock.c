@@ -2,7 +2,7 @@
  * rwlock: one pthread_rwlock_t for every key, the reader-writer analogue of
  * `mutex`: readers of any keys overlap, a writer of any key excludes all.
  * The floor a keyed lock must beat once writes are not rare. glibc's default
- * kind (readers preferred).
+ * kind (readers preferred) unless --rw-prefer-writer.
  *
  * SPDX-License-Identifier: MIT
  */
@@ -14,18 +14,19 @@
 
 struct rwlock_strat {
 	_Alignas(64) pthread_rwlock_t rw;
+	int prefer_writer;
 };
 
 static void *rwlock_create(const struct strat_params *p, char *err, size_t errlen)
 {
 	struct rwlock_strat *s = aligned_alloc(64, sizeof(struct rwlock_strat));
 
-	(void)p;
 	if (!s) {
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	pthread_rwlock_init(&s->rw, NULL);
+	bench_rwlock_init(&s->rw, p);
+	s->prefer_writer = p->rw_prefer_writer;
 	return s;
 }
 
@@ -60,6 +61,12 @@ static void rwlock_unlock(void *self, struct bench_hold *h)
 	pthread_rwlock_unlock(&((struct rwlock_strat *)self)->rw);
 }
 
+static void rwlock_describe(void *self, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s",
+		 ((struct rwlock_strat *)self)->prefer_writer ? "writer-preferring" : "");
+}
+
 static long long rwlock_keys(void *self)
 {
 	(void)self;
@@ -76,4 +83,5 @@ const struct strategy strat_rwlock = {
 	.lock_shared = rwlock_lock_shared,
 	.unlock = rwlock_unlock,
 	.keys = rwlock_keys,
+	.describe = rwlock_describe,
 };

@@ -4,7 +4,7 @@
  * Readers overlap on a stripe; a writer excludes every key of its stripe
  * (false conflicts), and one thread must never hold two keys at once.
  * Stripes are padded to a cache line. glibc's default kind (readers
- * preferred), as in rwglobal.
+ * preferred) unless --rw-prefer-writer, as in rwglobal.
  *
  * SPDX-License-Identifier: MIT
  */
@@ -22,6 +22,7 @@ struct rwstriped {
 	struct rwstripe *stripes;
 	uint64_t mask;
 	unsigned n;
+	int prefer_writer;
 };
 
 static void *rwstriped_create(const struct strat_params *p, char *err, size_t errlen)
@@ -42,9 +43,10 @@ static void *rwstriped_create(const struct strat_params *p, char *err, size_t er
 		return NULL;
 	}
 	for (i = 0; i < n; i++)
-		pthread_rwlock_init(&s->stripes[i].rw, NULL);
+		bench_rwlock_init(&s->stripes[i].rw, p);
 	s->mask = n - 1;
 	s->n = n;
+	s->prefer_writer = p->rw_prefer_writer;
 	return s;
 }
 
@@ -97,7 +99,9 @@ static long long rwstriped_keys(void *self)
 
 static void rwstriped_describe(void *self, char *buf, size_t len)
 {
-	snprintf(buf, len, "stripes=%u", ((struct rwstriped *)self)->n);
+	struct rwstriped *s = self;
+
+	snprintf(buf, len, "stripes=%u%s", s->n, s->prefer_writer ? " writer-preferring" : "");
 }
 
 const struct strategy strat_rwstriped = {

@@ -12,6 +12,7 @@
 #ifndef KM_BENCH_STRATEGY_H
 #define KM_BENCH_STRATEGY_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +35,8 @@ struct strat_params {
 	unsigned pool;		/* pooled: free per-key locks kept for reuse */
 	uint64_t km_expected_keys; /* keymutex: km_options.expected_keys (0: default) */
 	uint64_t km_pool;	/* keymutex: km_options.pool_size (0: default) */
+	int rw_prefer_writer;	/* rwglobal, rwstriped, rwlock: glibc's writer-preferring
+				   kind instead of the default (readers preferred) */
 };
 
 /* strategy.flags */
@@ -82,6 +85,9 @@ extern const struct strategy strat_rwlock;
 extern const struct strategy *const bench_strategies[];
 
 const struct strategy *bench_strategy_find(const char *name);
+
+/* pthread_rwlock_init of the kind p asks for (strategies.c). */
+void bench_rwlock_init(pthread_rwlock_t *rw, const struct strat_params *p);
 
 /*
  * The one hash every home-made table and the striping use (keymutex uses its
