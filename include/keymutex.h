@@ -66,7 +66,7 @@ struct km_port;		/* completion port for asynchronous acquires */
 
 struct km_options {		/* all-zero (or a NULL pointer) = defaults */
 	unsigned max_holders;	/* 0 or 1: a mutex per key; N > 1: N holders at once (keyed semaphore) */
-	unsigned max_waiters;	/* per key; 0 = unlimited; past it, waiting acquires fail with EAGAIN */
+	unsigned max_waiters;	/* per key; 0 = KM_MAX_WAITERS; past it, waiting acquires fail with EAGAIN */
 	unsigned shards;	/* 0 = chosen from the CPU count; otherwise a power of two */
 	size_t expected_keys;	/* sizing hint: keys held or awaited at once; 0 = default */
 	size_t pool_size;	/* free entries kept for reuse; 0 = default (pooling is on by default) */

@@ -301,7 +301,7 @@ retry:
 			rc = ETIMEDOUT;
 			break;
 		}
-		if (km->max_waiters != 0 && km_s_waiters(s) >= km->max_waiters) {
+		if (km_s_waiters(s) >= km_waiter_limit(km)) {
 			rc = EAGAIN;
 			break;
 		}

@@ -228,6 +228,16 @@ KM_HIDDEN void km_done_deliver(struct km_done *d);
 KM_HIDDEN void km_done_async(struct km_done *d, struct km_waiter *w);
 
 /* May a newcomer take the key now, given the waiters queued ahead of it? */
+_Static_assert(KM_MAX_WAITERS <= (KM_S_WAIT_MASK >> KM_S_WAIT_SHIFT),
+	       "the state word's WAIT field must hold KM_MAX_WAITERS");
+
+/* Waiters a key may have: max_waiters, or with 0 ("unlimited") what the
+ * state word's WAIT field holds. One more would carry into WAKING. */
+static inline unsigned km_waiter_limit(const struct km *km)
+{
+	return km->max_waiters != 0 ? km->max_waiters : KM_MAX_WAITERS;
+}
+
 static inline bool km_may_barge(const struct km *km, uint64_t s, bool shared)
 {
 	if (!km_s_compatible(s, shared, km->max_holders))

@@ -358,7 +358,7 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			}
 			continue;
 		}
-		if (km->max_waiters != 0 && km_s_waiters(s) >= km->max_waiters) {
+		if (km_s_waiters(s) >= km_waiter_limit(km)) {
 			rc = EAGAIN;
 			goto out_unlock;
 		}

@@ -480,6 +480,58 @@ Test(async, eagain_past_max_waiters)
 	destroy_table(t);
 }
 
+/* max_waiters = 0 is bounded by KM_MAX_WAITERS, the WAIT field's size: one
+ * more waiter would have carried into the state word's next bit. */
+struct counts {
+	atomic_int calls, granted;
+};
+
+static void count_ready(struct km_request *req, int status)
+{
+	struct counts *c = req->arg;
+
+	if (status == 0)
+		atomic_fetch_add(&c->granted, 1);
+	atomic_fetch_add(&c->calls, 1);
+}
+
+Test(async, unlimited_waiters_stop_at_km_max_waiters, .timeout = 300)
+{
+	size_t n = KM_MAX_WAITERS;
+	struct km_request *req = calloc(n + 1, sizeof *req);
+	struct km_guard g, g2;
+	struct timespec dl;
+	struct counts c = { 0, 0 };
+
+	cr_assert_not_null(req);
+	cr_assert_eq(km_lock(km, "k", 1, &g), 0);
+	for (size_t i = 0; i <= n; i++) {
+		req[i].ready = count_ready;
+		req[i].arg = &c;
+	}
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(km_acquire_async(km, "k", 1, NULL, &req[i]), EINPROGRESS, "request %zu", i);
+	cr_assert_eq(km_acquire_async(km, "k", 1, NULL, &req[n]), EAGAIN);
+	dl = kt_deadline_ms(1000);
+	cr_assert_eq(km_timedlock(km, "k", 1, &dl, &g2), EAGAIN);
+	struct km_stats st = kt_stats(km);
+	cr_assert_eq(st.waiters, n);
+	cr_assert_eq(st.holders, 1);
+	/* The word is intact: the holder's unlock grants the head, and
+	 * cancelling the rest leaves only the head's hold. */
+	cr_assert_eq(km_unlock(&g), 0);
+	cr_assert_eq(atomic_load(&c.granted), 1);
+	cr_assert(!kt_guard_zero(&req[0].guard));
+	for (size_t i = 1; i < n; i++)
+		cr_assert_eq(km_request_cancel(&req[i]), 0, "request %zu", i);
+	cr_assert_eq(atomic_load(&c.calls), (int)n);
+	cr_assert_eq(atomic_load(&c.granted), 1);
+	cr_assert(key_busy(km, "k"));
+	cr_assert_eq(km_unlock(&req[0].guard), 0);
+	cr_assert(!key_busy(km, "k"));
+	free(req);
+}
+
 Test(async, einval)
 {
 	struct km_request req;
