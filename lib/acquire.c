@@ -121,7 +121,11 @@ static void km_release(struct km *km, struct km_entry *e)
 		km_table_unlink(km, e);
 #endif
 	/* Retries when waiters joined or left, or other holders changed the
-	 * word; release orders our critical section before the next holder's. */
+	 * word. Release orders our critical section before the next holder's;
+	 * acquire matters when this CAS kills the entry: it orders every
+	 * earlier user's writes to it (a departed waiter's queue links, which
+	 * share memory with the retire fields) before our retirement writes.
+	 * On x86 both are the same locked instruction. */
 	do {
 		n = km_s_put(s);
 		idle = false;
@@ -133,7 +137,7 @@ static void km_release(struct km *km, struct km_entry *e)
 				n = KM_S_DEAD;
 			}
 		}
-	} while (!km_cas_release(&e->state, &s, n));
+	} while (!km_cas_acq_rel(&e->state, &s, n));
 
 	if (km_s_dead(n)) {
 		km_kill(km, e);
