@@ -119,7 +119,8 @@ _Static_assert(sizeof(struct km_waiter) <= 8 * sizeof(uintptr_t),
 struct km_stripe {
 	struct km_entry *pool[KM_CLASSES]; /* free entries, Treiber stacks */
 	struct km_entry *retire;	/* dead entries waiting for a batch */
-	uint32_t pool_cap;		/* this stripe's share of pool_size for free entries */
+	uint32_t pool_pops;		/* pops from this stripe's pools (atomic; km->pool_free
+					   is lowered once per KM_POOL_SYNC of them) */
 	uint32_t idle_cap;		/* slots of this stripe's idle ring */
 	uint32_t idle_pos;		/* next ring slot to fill (atomic counter) */
 	struct km_entry **idle;		/* the idle ring, allocated on first use */
@@ -145,6 +146,9 @@ struct km {
 	unsigned max_waiters;		/* 0 = unlimited */
 	unsigned flags;			/* KM_FIFO | KM_RECURSIVE | KM_ERRORCHECK */
 	size_t pool_size;
+	size_t pool_free;		/* entries on the pool stacks, all stripes (atomic); may
+					   count up to KM_POOL_SYNC - 1 popped ones per stripe */
+	size_t pool_free_cap;		/* its bound: pool_size less the idle share */
 	unsigned long inflight;		/* retire batches awaiting their grace period */
 	size_t idle_count;		/* ring slots filled, all stripes (atomic) */
 	size_t idle_limit;		/* their bound: pool_size less the free share */

@@ -105,21 +105,18 @@ int km_create(struct km **out, const struct km_options *opt)
 	km->flags = o.flags;
 	km->pool_size = o.pool_size;
 	/* pool_size bounds free + idle entries: half may be idle (any stripe's
-	 * ring, counted table-wide), the rest free (split over the stripes).
-	 * Prefilled free entries come first. */
+	 * ring, counted table-wide), the rest free (on any stripe's pool stacks,
+	 * counted table-wide). Prefilled free entries come first. */
 	km->idle_limit = o.pool_size / 2;
 	if (o.pool_size - km->idle_limit < o.pool_prefill)
 		km->idle_limit = o.pool_size - o.pool_prefill;
+	km->pool_free_cap = o.pool_size - km->idle_limit;
 	{
-		size_t free_total = o.pool_size - km->idle_limit;
 		uint32_t ring = (uint32_t)(km->idle_limit < KM_IDLE_RING ? km->idle_limit
 									 : KM_IDLE_RING);
 
-		for (unsigned i = 0; i < KM_STRIPES; i++) {
+		for (unsigned i = 0; i < KM_STRIPES; i++)
 			km->stripes[i].idle_cap = ring;
-			km->stripes[i].pool_cap = (uint32_t)(free_total / KM_STRIPES +
-							     (i < free_total % KM_STRIPES));
-		}
 	}
 
 	km->shards = km_fault_hit() ? NULL

@@ -8,6 +8,14 @@
  * KM_POOLED_KEYLEN bytes come in KM_CLASSES size classes and are pooled;
  * longer keys get an exact allocation that is freed after its grace period.
  *
+ * A reclaimed entry goes back to the pool of the stripe that retired it,
+ * which is usually the stripe that will allocate the next one: a thread
+ * churning through new keys gets its own entries back without malloc, and
+ * the reclaimer thread frees nothing it allocated. The pools' bound is
+ * table-wide (km->pool_free against km->pool_free_cap), so one busy stripe
+ * may use all of it: the reclaimer reserves room for a whole batch with one
+ * atomic update, and pops lower the count once per KM_POOL_SYNC.
+ *
  * ABA on the pool stacks: a pop reads head A and A->link, then CASes the head
  * from A to A->link. A can only come back onto a pool stack through a grace
  * period (every push of a used entry happens in the reclaimer), and every
@@ -66,21 +74,46 @@ static struct km_entry *km_pool_pop(struct km_entry **top)
 	return e;
 }
 
-/* Push onto a pool stack if it holds fewer than cap entries; false if full. */
-static bool km_pool_push(struct km_entry **top, struct km_entry *e, uint32_t cap)
+/* Push onto a pool stack (room for it was reserved in km->pool_free). */
+static void km_pool_push(struct km_entry **top, struct km_entry *e)
 {
 	struct km_entry *old = km_load_relaxed(top);
 
 	/* Retries when a pop or another push moved the head meanwhile. */
 	do {
-		uint32_t depth = old ? km_load_relaxed(&old->depth) + 1 : 1;
-
-		if (depth > cap)
-			return false;
 		km_store_relaxed(&e->link, old);
-		km_store_relaxed(&e->depth, depth);
+		km_store_relaxed(&e->depth, old ? km_load_relaxed(&old->depth) + 1 : 1);
 	} while (!km_cas_release(top, &old, e));
-	return true;
+}
+
+#define KM_POOL_SYNC 32u	/* pops per stripe between updates of km->pool_free */
+
+/* One entry left the pools: lower the table-wide count in bulk, so that a
+ * pop touches the shared line once per KM_POOL_SYNC. Until then the count
+ * is high, which only makes the reclaimer free a little early. */
+static void km_pool_popped(struct km *km, struct km_stripe *st)
+{
+	if (__atomic_add_fetch(&st->pool_pops, 1, __ATOMIC_RELAXED) % KM_POOL_SYNC == 0)
+		__atomic_fetch_sub(&km->pool_free, KM_POOL_SYNC, __ATOMIC_RELAXED);
+}
+
+/* Reserve room for up to want entries in the pools; returns how many. */
+static size_t km_pool_reserve(struct km *km, size_t want)
+{
+	size_t cur = km_load_relaxed(&km->pool_free), take;
+
+	/* Retries when a pop's bulk update or another reservation moved the
+	 * count meanwhile. Relaxed: the count orders nothing, the stacks'
+	 * CASes publish the entries. */
+	do {
+		size_t room = cur < km->pool_free_cap ? km->pool_free_cap - cur : 0;
+
+		take = want < room ? want : room;
+		if (take == 0)
+			return 0;
+	} while (!__atomic_compare_exchange_n(&km->pool_free, &cur, cur + take, false,
+					      __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+	return take;
 }
 
 struct km_entry *km_entry_alloc(struct km *km, size_t len)
@@ -92,8 +125,10 @@ struct km_entry *km_entry_alloc(struct km *km, size_t len)
 		struct km_stripe *st = km_my_stripe(km);
 
 		e = km_pool_pop(&st->pool[cls]);
-		if (e != NULL)
+		if (e != NULL) {
+			km_pool_popped(km, st);
 			return e;
+		}
 		return km_malloc(km_entry_size(cls));
 	}
 	if (len > UINT32_MAX || len > SIZE_MAX - sizeof(struct km_entry))
@@ -101,33 +136,28 @@ struct km_entry *km_entry_alloc(struct km *km, size_t len)
 	return km_malloc(sizeof(struct km_entry) + len);
 }
 
-/* Return one reclaimed entry to its table's pool, or free it. */
-static void km_entry_reclaim(struct km *km, struct km_entry *e, unsigned stripe)
-{
-	if (e->len <= KM_POOLED_KEYLEN && km->pool_size != 0) {
-		struct km_stripe *st = &km->stripes[stripe];
-
-		if (km_pool_push(&st->pool[km_class_of(e->len)], e, st->pool_cap))
-			return;
-	}
-	free(e);
-}
-
-/* A grace period has passed since the batch was retired (reclaim.c). */
+/* A grace period has passed since the batch was retired (reclaim.c):
+ * back to the retiring stripe's pools as far as there is room, else free. */
 void km_reclaim_batch(struct km_entry *e)
 {
-	struct km *km;
-	unsigned stripe;
+	struct km *km = e->retire_km;
+	struct km_stripe *st = &km->stripes[km_load_relaxed(&e->depth)];
+	size_t room = km_pool_reserve(km, KM_RETIRE_BATCH);
 
-	km = e->retire_km;
-	stripe = km_load_relaxed(&e->depth);
 	__atomic_fetch_sub(&km->inflight, 1, __ATOMIC_RELAXED);
 	while (e != NULL) {
 		struct km_entry *next = e->link;
 
-		km_entry_reclaim(km, e, stripe);
+		if (room != 0 && e->len <= KM_POOLED_KEYLEN) {
+			km_pool_push(&st->pool[km_class_of(e->len)], e);
+			room--;
+		} else {
+			free(e);
+		}
 		e = next;
 	}
+	if (room != 0)
+		__atomic_fetch_sub(&km->pool_free, room, __ATOMIC_RELAXED);
 }
 
 /* Hand a whole retire stack to the reclaimer. */
@@ -178,18 +208,17 @@ int km_pool_prefill(struct km *km, size_t n)
 {
 	/* Spread the entries over the stripes and classes, smallest class first
 	 * (the common short key). Nothing else sees the table yet. */
+	if (n > km->pool_free_cap)
+		n = km->pool_free_cap;
 	for (size_t i = 0; i < n; i++) {
-		unsigned stripe = (unsigned)(i % KM_STRIPES);
-		struct km_stripe *st = &km->stripes[stripe];
+		struct km_stripe *st = &km->stripes[i % KM_STRIPES];
 		struct km_entry *e = km_malloc(km_entry_size(0));
 
 		if (e == NULL)
 			return ENOMEM;
 		e->len = 0;
-		if (!km_pool_push(&st->pool[0], e, st->pool_cap)) {
-			free(e);
-			break;
-		}
+		km_pool_push(&st->pool[0], e);
+		km->pool_free++;
 	}
 	return 0;
 }
@@ -211,7 +240,9 @@ void km_pool_drain(struct km *km)
 			}
 			km->stripes[s].pool[c] = NULL;
 		}
+		km->stripes[s].pool_pops = 0;
 	}
+	km->pool_free = 0;
 }
 
 size_t km_pool_count(struct km *km)
