@@ -550,7 +550,7 @@ void report_summary(FILE *f, const struct bench_report *rep, const struct bench_
 				"least 70%% of the CPU it asked for.\n", cand);
 	}
 
-	fprintf(f, "\nGoals (bench.md), keymutex against the others in this run%s:\n",
+	fprintf(f, "\nGoals (bench.md; the shared ones: docs/benchmarks.md), keymutex against the others in this run%s:\n",
 		rep->overridden ? " (parameters overridden: indicative only)" : "");
 	for (i = 0; i < ng; i++) {
 		if (g[i].verdict == GOAL_MET)
