@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build and run every test: the plain build (gcc), then the stress suites
-# again under ThreadSanitizer and under AddressSanitizer + UBSan (clang), then
-# the negative control (the seed's bug reintroduced must make the stress
-# tests fail). Criterion's "Synthesis:" lines are printed for every suite.
+# again under ThreadSanitizer and under AddressSanitizer + UBSan (clang), the
+# fault-injection build, the unit suite under valgrind memcheck, then the
+# negative control (the seed's bug reintroduced must make the stress tests
+# fail). Criterion's "Synthesis:" lines are printed for every suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -52,11 +53,27 @@ setup build-fault -Dfault_injection=true -Dbench=false -Dexamples=false
 run "fault injection" meson test -C build-fault --print-errorlogs -v --num-processes 1 \
 	--suite fault --suite unit
 
-# 4. A short libFuzzer run of the API fuzzer (clang), from the checked-in corpus.
+# 4. valgrind memcheck over the unit suite (unit_enomem included: fault
+#    injection on). Criterion's forking sandbox does not run under valgrind,
+#    so the same sources are built against the in-process stand-in
+#    (tests/shim). Any memcheck error, or a definite or indirect leak, makes
+#    valgrind exit 99 (meson: ERROR). --fair-sched: valgrind runs one thread
+#    at a time; without it a spinning thread keeps the CPU from the thread it
+#    waits for. KM_TIME_SCALE stretches the deadlines that only give helper
+#    threads time to queue (tests/km_test.h); KM_MO_ROUNDS shortens the
+#    memory-ordering hand-off (each round is a thread switch here).
+setup build-memcheck -Dcriterion_shim=true -Dfault_injection=true -Dbuildtype=debug \
+	-Dbench=false -Dexamples=false
+run "valgrind memcheck (unit)" env KM_TIME_SCALE="${KM_VG_TIME_SCALE:-5}" \
+	KM_MO_ROUNDS="${KM_VG_MO_ROUNDS:-200}" \
+	meson test -C build-memcheck --print-errorlogs -v --num-processes 1 --suite unit \
+	--wrapper "valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect --fair-sched=yes"
+
+# 5. A short libFuzzer run of the API fuzzer (clang), from the checked-in corpus.
 CC=clang setup build-fuzz -Dbench=false -Dexamples=false
 run "fuzz (short)" meson test -C build-fuzz --print-errorlogs -v --num-processes 1 --suite fuzz
 
-# 5. Negative control: with the seed's bug the stress tests must fail.
+# 6. Negative control: with the seed's bug the stress tests must fail.
 setup build-seedbug -Dseed_bug=true -Dbench=false -Dexamples=false
 run "negative control (seed bug)" meson test -C build-seedbug --print-errorlogs -v --num-processes 1 \
 	--suite seed_bug

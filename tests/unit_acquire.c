@@ -561,7 +561,8 @@ Test(acquire, timeout_of_one_waiter_keeps_others)
 	struct km_guard g;
 	struct locker a, b;
 	pthread_t ta, tb;
-	struct timespec dl = kt_deadline_ms(150);
+	/* long enough for both to queue (KM_TIME_SCALE: valgrind) */
+	struct timespec dl = kt_deadline_ms(150 * kt_time_scale());
 
 	memset(&a, 0, sizeof a);
 	memset(&b, 0, sizeof b);
@@ -717,11 +718,11 @@ Test(acquire, signals_do_not_interrupt_wait)
 	cr_assert_eq(km_lock(km, "sig", 3, &g), 0);
 	locker_start(&ta, &a);
 	cr_assert(kt_wait_waiters(km, 1, 10000));
-	dl = kt_deadline_ms(200);
+	dl = kt_deadline_ms(200 * kt_time_scale());	/* b must queue first */
 	b.deadline = &dl;
 	locker_start(&tb, &b);
 	cr_assert(kt_wait_waiters(km, 2, 10000));
-	for (int i = 0; i < 40 && !atomic_load(&b.done); i++) {
+	for (long i = 0; i < 40 * kt_time_scale() && !atomic_load(&b.done); i++) {
 		pthread_kill(ta, SIGUSR1);
 		pthread_kill(tb, SIGUSR1);
 		kt_sleep_us(5000);
@@ -1121,8 +1122,9 @@ static void fifo_order(unsigned flags, int timeout_victim)
 		l[i].order_len = &order_len;
 		l[i].id = i;
 		if (i == timeout_victim) {
-			/* Long enough for all K to queue first, even under TSAN. */
-			dl = kt_deadline_ms(2000);
+			/* Long enough for all K to queue first, even under TSAN
+			 * (and valgrind: KM_TIME_SCALE). */
+			dl = kt_deadline_ms(2000 * kt_time_scale());
 			l[i].deadline = &dl;
 		}
 		locker_start(&th[i], &l[i]);
@@ -1252,12 +1254,13 @@ Test(acquire, no_starvation_without_fifo)
 		l.key = "hot";
 		l.len = 3;
 		locker_start(&tw, &l);
-		bool ok = kt_wait_flag(&l.done, 2000);
+		bool ok = kt_wait_flag(&l.done, 2000 * kt_time_scale());
 
 		if (!ok)
 			atomic_store(&stop, 1);
 		cr_assert_eq(pthread_join(tw, NULL), 0);
-		cr_assert(ok, "a waiter starved for 2 s behind barging lockers");
+		cr_assert(ok, "a waiter starved for %ld s behind barging lockers",
+			  2 * kt_time_scale());
 		cr_assert_eq(l.rc, 0);
 	}
 	atomic_store(&stop, 1);
@@ -1332,7 +1335,9 @@ Test(acquire, memory_ordering_handoff)
 
 	cr_assert_not_null(s);
 	s->km = km;
-	s->rounds = kt_env_long("KM_MO_ROUNDS", 20000);
+	/* valgrind serialises the two threads: every hand-off is a thread
+	 * switch, so far fewer rounds there (ordering is TSAN's job) */
+	s->rounds = kt_env_long("KM_MO_ROUNDS", kt_on_valgrind() ? 200 : 20000);
 	cr_assert_eq(pthread_create(&tp, NULL, mo_producer, s), 0);
 	cr_assert_eq(pthread_create(&tc, NULL, mo_consumer, s), 0);
 	cr_assert_eq(pthread_join(tp, &rp), 0);

@@ -1,8 +1,10 @@
 /*
- * A minimal, in-process stand-in for Criterion's test API, used only for the
- * ThreadSanitizer build: Criterion's sandbox (boxfort) cannot start under
- * TSAN ("Could not initialize inheritable arena", Snaipe/Criterion#274), so
- * the same test sources are compiled against this header instead.
+ * A minimal, in-process stand-in for Criterion's test API, used for the
+ * ThreadSanitizer build and with -Dcriterion_shim=true (the valgrind memcheck
+ * run of scripts/test.sh): Criterion's sandbox (boxfort) cannot start under
+ * TSAN ("Could not initialize inheritable arena", Snaipe/Criterion#274) and
+ * does not work under valgrind, so the same test sources are compiled
+ * against this header instead.
  *
  * Supported: Test(), TestSuite() with .init/.fini/.timeout/.disabled,
  * cr_assert*, cr_expect*, cr_log_*. Tests run one after another in one
