@@ -29,7 +29,14 @@ static void *reader(void *arg)
 		km_lock_shared(km, &r, sizeof r, &g);
 		if (__atomic_add_fetch(&readers_now[r], 1, __ATOMIC_RELAXED) > 1)
 			__atomic_store_n(&overlap, 1, __ATOMIC_RELAXED);
-		if (rec[r].a != rec[r].b)
+		long a = rec[r].a;
+
+		/* Read the record slowly, as a real reader parses or copies it: a
+		 * writer slipping in would show as a torn read, and other readers
+		 * have the time to come in alongside (the overlap). */
+		for (volatile int spin = 0; spin < 200; spin++)
+			;
+		if (a != rec[r].b)
 			__atomic_add_fetch(&torn, 1, __ATOMIC_RELAXED);
 		__atomic_sub_fetch(&readers_now[r], 1, __ATOMIC_RELAXED);
 		km_unlock(&g);
