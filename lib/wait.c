@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #define KM_STARVE_NS 1000000u		/* fairness bound: 1 ms */
+#define KM_WOKEN_SPIN 100u		/* state-word re-reads of a woken head before it retries */
 
 uint64_t km_now_ns(void)
 {
@@ -388,6 +389,26 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			bool take;
 			uint64_t n;
 
+			/* Still on our way (WAKING: releases wake nobody, so they
+			 * stay cheap). If a barger holds the key, spin outside the
+			 * qlock for it to leave, as a newcomer would, before
+			 * retrying: going back to sleep costs the next releaser a
+			 * futex wake and us a round trip. Our WAIT count keeps e
+			 * alive; a direct grant meanwhile shows in our status. */
+			if (!km_s_compatible(km_load_relaxed(&e->state), shared, km->max_holders)) {
+				km_qunlock(e);
+				for (unsigned i = 0; i < KM_WOKEN_SPIN; i++) {
+					km_cpu_relax();
+					if (km_s_compatible(km_load_relaxed(&e->state), shared,
+							    km->max_holders))
+						break;
+				}
+				km_qlock(e);
+				if (km_load_relaxed(&w.status) == KM_W_GRANTED) {
+					rc = 0;
+					goto out_unlock;
+				}
+			}
 			__atomic_fetch_and(&w.flags, (uint16_t)~KM_WF_WOKEN, __ATOMIC_RELAXED);
 			s = km_load_relaxed(&e->state);
 			/* Retry as the head: take the key if free, else ask for a
