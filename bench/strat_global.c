@@ -5,6 +5,12 @@
  * removal race cannot happen. Every acquire and release takes the map lock
  * twice in total: different keys serialize on it.
  *
+ * rwglobal: the same map with a pthread_rwlock_t per key, so readers of one
+ * key overlap. Its rwlocks are glibc's default kind (readers preferred: under
+ * a steady stream of readers a writer may wait a long time) unless
+ * --rw-prefer-writer makes them writer-preferring, fair to writers as
+ * keymutex's shared mode is.
+ *
  * SPDX-License-Identifier: MIT
  */
 #include "map.h"
@@ -12,12 +18,16 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct global_entry {
-	pthread_mutex_t m;
+	union {
+		pthread_mutex_t m;	/* global */
+		pthread_rwlock_t rw;	/* rwglobal */
+	};
 	unsigned refs;		/* holders + waiters, under the map lock */
 	struct bmap_node node;
 	unsigned char key[];
@@ -26,20 +36,33 @@ struct global_entry {
 struct global {
 	pthread_mutex_t map_lock;
 	struct bmap map;
+	bool rw;			/* rwglobal: per-key rwlocks */
+	struct strat_params params;	/* rwglobal: the kind of rwlock to make */
 };
 
-static void *global_create(const struct strat_params *p, char *err, size_t errlen)
+static void *global_create_kind(const struct strat_params *p, bool rw, char *err, size_t errlen)
 {
 	struct global *s = calloc(1, sizeof(*s));
 
-	(void)p;
 	if (!s || bmap_init(&s->map, 64)) {
 		free(s);
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
 	pthread_mutex_init(&s->map_lock, NULL);
+	s->rw = rw;
+	s->params = *p;
 	return s;
+}
+
+static void *global_create(const struct strat_params *p, char *err, size_t errlen)
+{
+	return global_create_kind(p, false, err, errlen);
+}
+
+static void *rwglobal_create(const struct strat_params *p, char *err, size_t errlen)
+{
+	return global_create_kind(p, true, err, errlen);
 }
 
 static int global_destroy(void *self)
@@ -54,9 +77,9 @@ static int global_destroy(void *self)
 	return 0;
 }
 
-static int global_lock(void *self, const void *key, size_t len, struct bench_hold *h)
+/* Find or insert the key's entry and count us in, under the map lock. */
+static struct global_entry *global_ref(struct global *s, const void *key, size_t len)
 {
-	struct global *s = self;
 	uint64_t hash = bench_hash(key, len);
 	struct bmap_node *n;
 	struct global_entry *e;
@@ -69,9 +92,12 @@ static int global_lock(void *self, const void *key, size_t len, struct bench_hol
 		e = malloc(sizeof(*e) + len);
 		if (!e) {
 			pthread_mutex_unlock(&s->map_lock);
-			return ENOMEM;
+			return NULL;
 		}
-		pthread_mutex_init(&e->m, NULL);
+		if (s->rw)
+			bench_rwlock_init(&e->rw, &s->params);
+		else
+			pthread_mutex_init(&e->m, NULL);
 		e->refs = 0;
 		memcpy(e->key, key, len);
 		e->node.hash = hash;
@@ -81,8 +107,31 @@ static int global_lock(void *self, const void *key, size_t len, struct bench_hol
 	}
 	e->refs++;
 	pthread_mutex_unlock(&s->map_lock);
+	return e;
+}
 
-	pthread_mutex_lock(&e->m);
+static int global_lock(void *self, const void *key, size_t len, struct bench_hold *h)
+{
+	struct global *s = self;
+	struct global_entry *e = global_ref(s, key, len);
+
+	if (!e)
+		return ENOMEM;
+	if (s->rw)
+		pthread_rwlock_wrlock(&e->rw);
+	else
+		pthread_mutex_lock(&e->m);
+	h->p[0] = e;
+	return 0;
+}
+
+static int rwglobal_lock_shared(void *self, const void *key, size_t len, struct bench_hold *h)
+{
+	struct global_entry *e = global_ref(self, key, len);
+
+	if (!e)
+		return ENOMEM;
+	pthread_rwlock_rdlock(&e->rw);
 	h->p[0] = e;
 	return 0;
 }
@@ -92,7 +141,10 @@ static void global_unlock(void *self, struct bench_hold *h)
 	struct global *s = self;
 	struct global_entry *e = h->p[0];
 
-	pthread_mutex_unlock(&e->m);
+	if (s->rw)
+		pthread_rwlock_unlock(&e->rw);
+	else
+		pthread_mutex_unlock(&e->m);
 	pthread_mutex_lock(&s->map_lock);
 	if (--e->refs == 0)
 		bmap_remove(&s->map, &e->node);
@@ -100,7 +152,10 @@ static void global_unlock(void *self, struct bench_hold *h)
 		e = NULL;
 	pthread_mutex_unlock(&s->map_lock);
 	if (e) {
-		pthread_mutex_destroy(&e->m);
+		if (s->rw)
+			pthread_rwlock_destroy(&e->rw);
+		else
+			pthread_mutex_destroy(&e->m);
 		free(e);
 	}
 }
@@ -108,6 +163,12 @@ static void global_unlock(void *self, struct bench_hold *h)
 static long long global_keys(void *self)
 {
 	return (long long)((struct global *)self)->map.count;
+}
+
+static void rwglobal_describe(void *self, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s",
+		 ((struct global *)self)->params.rw_prefer_writer ? "writer-preferring" : "");
 }
 
 const struct strategy strat_global = {
@@ -118,4 +179,17 @@ const struct strategy strat_global = {
 	.lock = global_lock,
 	.unlock = global_unlock,
 	.keys = global_keys,
+};
+
+const struct strategy strat_rwglobal = {
+	.name = "rwglobal",
+	.what = "one mutex around a hash map of refcounted per-key pthread rwlocks",
+	.flags = STRAT_RW_ONLY,
+	.create = rwglobal_create,
+	.destroy = global_destroy,
+	.lock = global_lock,
+	.lock_shared = rwglobal_lock_shared,
+	.unlock = global_unlock,
+	.keys = global_keys,
+	.describe = rwglobal_describe,
 };
