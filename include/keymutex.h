@@ -23,7 +23,10 @@
  *    time (while holding a key, too: the key stays held until some thread
  *    unlocks its guard).
  *  - Locks are not thread-affine: a guard may be unlocked by another thread.
- *    Only KM_RECURSIVE / KM_ERRORCHECK tables track owners.
+ *    Only KM_RECURSIVE / KM_ERRORCHECK tables track owners: there an
+ *    exclusive hold (KM_ERRORCHECK: any hold) is released only by naming its
+ *    owner (km_unlock_owner), and an async hold taken without an explicit
+ *    owner has none (any thread may release it).
  *  - Deadlines are absolute CLOCK_MONOTONIC times. A deadline already passed
  *    means "try once": ETIMEDOUT if the key is not free.
  *  - Hashing is keyed with a per-table random seed (hash-flooding safe).
@@ -160,24 +163,29 @@ KM_API int km_acquire(struct km *km, const void *key, size_t len,
  * km_unlock - release what a guard holds.
  *
  * Returns 0 and zeroes @g; EINVAL for NULL; EPERM if @g holds nothing (a
- * zeroed guard, a double unlock) or, with KM_ERRORCHECK, if the calling
- * owner (the calling thread) is not the guard's owner: nothing changes then.
- * On a KM_RECURSIVE table an owner's nested holds need one unlock each.
+ * zeroed guard, a double unlock) or, on an owner table, if the calling
+ * thread is not the owner of the hold (KM_RECURSIVE: exclusive holds;
+ * KM_ERRORCHECK: every hold; an async hold taken without an explicit owner
+ * has none and is never refused): nothing changes then. On a KM_RECURSIVE
+ * table an owner's nested holds need one unlock each.
  *
  * Never blocks for long: it may briefly take the key's internal queue lock
  * to wake the next waiter (exactly the waiter(s) that can proceed).
  * Memory ordering: a release operation on the key.
- * The guard may be unlocked by any thread (see km_unlock_owner for owner
- * tables, where it is checked).
+ * On tables without owners the guard may be unlocked by any thread; on
+ * owner tables, by its owner (km_unlock_owner for owners that are not the
+ * calling thread). Any thread may call it.
  */
 KM_API int km_unlock(struct km_guard *g);
 
 /**
  * km_unlock_owner - km_unlock on behalf of a named owner.
  *
- * As km_unlock, except that on a KM_ERRORCHECK table the guard's owner is
- * compared with @owner (NULL = the calling thread) instead of the calling
- * thread: for owners that are execution contexts moving between threads.
+ * As km_unlock, except that on an owner table (KM_RECURSIVE, KM_ERRORCHECK)
+ * the hold's owner is compared with @owner (NULL = the calling thread)
+ * instead of the calling thread: for owners that are execution contexts
+ * moving between threads. An owner's calls must not run concurrently with
+ * each other (its nested acquire and its unlock are not atomic together).
  */
 KM_API int km_unlock_owner(struct km_guard *g, const void *owner);
 
@@ -293,6 +301,11 @@ struct km_request {		/* caller-owned; must stay valid until ready() has run */
  * after the current ready() returns (bounded stack). With a port, ready()
  * runs only inside km_port_run on the port owner's thread.
  * ready() may call any km_ function, including km_unlock(&req->guard).
+ * Owner tables: the hold's owner is opt->owner (unlock it with
+ * km_unlock_owner(&req->guard, opt->owner)); without one the hold has no
+ * owner, any thread may release it with km_unlock, and the request is not
+ * matched against the issuing thread's holds (it queues; no nesting, no
+ * EDEADLK).
  * Memory ordering: ready() with status 0 is ordered after the grant as a
  * successful km_acquire is.
  */
@@ -367,10 +380,16 @@ typedef int km_visit_fn(const void *key, size_t len, unsigned holders,
  * Calls @visit once for each key that was held or awaited during the walk,
  * with its bytes (valid only during the call), holders, waiters and whether
  * it is held in shared mode. Returns 0, or the first non-zero value @visit
- * returned; EINVAL for NULL @km or @visit. Safe under load: each key's
- * figures are one atomic snapshot of its state word; the set of keys is not a
- * single instant. @visit runs without internal locks held and may call any
- * km_ function except km_destroy.
+ * returned; EINVAL for NULL @km or @visit; ENOMEM if the copy of a batch
+ * of keys cannot be allocated (the keys visited until then were visited).
+ * Safe under load: each key's figures are one atomic snapshot of its state
+ * word; the set of keys is not a single instant.
+ *
+ * Blocking: @visit runs on the calling thread with no internal lock held and
+ * outside any RCU read-side section (the walk copies a few buckets at a
+ * time, then visits the copies), so it may block and may call any km_
+ * function except km_destroy, including km_lock on a key it is visiting.
+ * Any thread may call it.
  */
 KM_API int km_query(struct km *km, km_visit_fn *visit, void *arg);
 

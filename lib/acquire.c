@@ -90,12 +90,15 @@ void km_guard_fill(struct km_guard *g, struct km *km, struct km_entry *e,
 	g->priv[3] = (uintptr_t)owner;
 }
 
-/* A hold was just taken (at once or granted): record its owner, fill g. */
+/* A hold was just taken (at once or granted): record its owner, fill g.
+ * Only the owner of an exclusive hold writes owner and recursion, while it
+ * holds the key (relaxed: other owners only compare owner with themselves,
+ * and the owner's own later reads follow in program order). */
 void km_guard_held(struct km_guard *g, struct km *km, struct km_entry *e,
 		   unsigned wflags, const void *owner)
 {
 	if (owner != NULL && !(wflags & KM_WF_SHARED)) {
-		e->recursion = 0;
+		km_store_relaxed(&e->recursion, 0);
 		km_store_relaxed(&e->owner, owner);
 	}
 	km_guard_fill(g, km, e, wflags, owner);
@@ -146,6 +149,7 @@ static void km_release(struct km *km, struct km_entry *e)
 			km_idle_evict(km, e);	/* no ring memory: do not keep it */
 	} else if (km_s_waiters(n) != 0 &&
 		   (!(n & KM_S_WAKING) || (n & KM_S_HANDOFF) || (km->flags & KM_FIFO))) {
+		km_hook(KM_HOOK_RELEASE_DISPATCH, NULL);
 		km_qlock(e);
 		km_dispatch(km, e, &done);
 		km_qunlock(e);
@@ -232,7 +236,7 @@ int km_unlock_owner(struct km_guard *g, const void *owner)
 {
 	struct km_entry *e;
 	struct km *km;
-	bool shared;
+	bool shared, owned;
 
 	if (g == NULL)
 		return EINVAL;
@@ -241,13 +245,21 @@ int km_unlock_owner(struct km_guard *g, const void *owner)
 	if (e == NULL || km == NULL)
 		return EPERM;
 	shared = (g->priv[1] & KM_G_SHARED) != 0;
-	if ((km->flags & KM_ERRORCHECK) &&
+	/* On owner tables an exclusive hold with an owner is its owner's to
+	 * release (KM_ERRORCHECK: shared holds too): another owner's unlock
+	 * could otherwise race the owner's nested acquire, which reads owner,
+	 * then counts. An async hold taken without an explicit owner has none:
+	 * any thread may release it. */
+	owned = (km->flags & KM_OWNER_FLAGS) && g->priv[3] != 0;
+	if (owned && (!shared || (km->flags & KM_ERRORCHECK)) &&
 	    (const void *)g->priv[3] != (owner != NULL ? owner : km_thread_owner()))
 		return EPERM;
 	memset(g, 0, sizeof *g);
-	if ((km->flags & KM_OWNER_FLAGS) && !shared) {
-		if (e->recursion > 0) {		/* a nested hold of the owner */
-			e->recursion--;
+	if (owned && !shared) {
+		uint32_t nested = km_load_relaxed(&e->recursion);
+
+		if (nested > 0) {		/* a nested hold of the owner */
+			km_store_relaxed(&e->recursion, nested - 1);
 			return 0;
 		}
 		km_store_relaxed(&e->owner, NULL);

@@ -119,10 +119,12 @@ void km_async_complete(struct km_waiter *w)
 
 /*
  * Take a waiting async request out of its queue with status why. registry:
- * called by the timer or a token, which hold their lock, so a request still
- * being prepared (PREP) cannot finish its km_acquire_async meanwhile: its
- * entry is alive, and we must look under the qlock, where it checks the
- * token and the deadline before it joins the queue.
+ * called by the timer or a token, which hold their lock. A request still
+ * being prepared (PREP) stays inside the read-side section in which it found
+ * its entry until it has unregistered from both, and unregistering waits for
+ * that lock: so while we hold it, w->entry is readable (not yet reclaimed)
+ * and we may look under its qlock, where the request checks the token and
+ * the deadline before it joins the queue.
  */
 int km_async_try_cancel(struct km_waiter *w, uint32_t why, bool registry,
 			struct km_done *done)
@@ -220,8 +222,11 @@ int km_acquire_async(struct km *km, const void *key, size_t len,
 		km_count(km, ECANCELED);
 		return ECANCELED;
 	}
-	if (km->flags & KM_OWNER_FLAGS)
-		owner = km_owner_of(opt);
+	/* An async hold's owner is opt->owner; without one the hold belongs
+	 * to the request, not to the issuing thread: ready() runs on another
+	 * thread and may unlock it there (no owner recorded: any thread may). */
+	if ((km->flags & KM_OWNER_FLAGS) && opt != NULL)
+		owner = opt->owner;
 	h = km_hash(km, key, len);
 
 	km_rcu_read_lock();
@@ -276,6 +281,7 @@ retry:
 	if (req->port != NULL)
 		__atomic_fetch_add(&req->port->pending, 1, __ATOMIC_RELAXED);
 
+	km_hook(KM_HOOK_ASYNC_PREPARED, req);
 	km_qlock(e);
 	s = km_load_acquire(&e->state);
 	/* Join the queue or take the key; retries when the word changed. */
@@ -315,10 +321,19 @@ retry:
 		}
 	}
 	km_qunlock(e);
-	km_rcu_read_unlock();
-	if (rc == EINPROGRESS)
+	if (rc == EINPROGRESS) {
+		km_rcu_read_unlock();
 		return EINPROGRESS;
+	}
+	/* Not queued: out of the timer's and the token's reach before we
+	 * leave the section. Until then either may still find us PREP and
+	 * take e's qlock (it holds its registry lock meanwhile, which the
+	 * unregistration waits for); e holds no count of ours, so after the
+	 * section it may be reclaimed. Lock order: no qlock held here. */
 	km_async_unprepare(w, tok, req->port);
+	km_rcu_read_unlock();
+	if (rc != 0)
+		km_hook(KM_HOOK_ASYNC_LEFT, req);
 	memset(&req->guard, 0, sizeof req->guard);
 	w->status = KM_W_DONE;
 	if (rc != 0) {

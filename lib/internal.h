@@ -18,6 +18,7 @@
  *   timer.c    the timer thread that fires async deadlines
  *   stats.c    km_stats, km_query
  *   km.c       km_create, km_destroy, options
+ *   testhook.c TEST ONLY: named interleaving points (testhook.h)
  *
  * SPDX-License-Identifier: MIT
  */
@@ -37,6 +38,7 @@
 #include "atomic.h"
 #include "rcu.h"
 #include "state.h"
+#include "testhook.h"
 
 #define KM_HIDDEN __attribute__((visibility("hidden")))
 #define KM_CACHELINE 64
@@ -65,7 +67,7 @@ struct km_entry {
 	uint32_t qlock;			/* queue lock: 0 free, 1 held */
 	union {
 		uint32_t recursion;	/* nested holds of the owner (owner tables) */
-		uint32_t depth;		/* on a pool/retire stack: its depth; batch head: stripe */
+		uint32_t depth;		/* on a retire stack: its depth; batch head: stripe */
 	};
 	union {
 		struct km_waiter *qtail; /* wait queue, circular: qtail->next is the head;
@@ -169,12 +171,16 @@ KM_HIDDEN struct km_entry *km_table_find_or_insert(struct km *km, uint32_t h,
 KM_HIDDEN void km_table_unlink(struct km *km, struct km_entry *e);
 typedef int km_walk_fn(struct km_entry *e, uint64_t state, void *arg);
 KM_HIDDEN int km_table_walk(struct km *km, km_walk_fn *fn, void *arg);
+KM_HIDDEN size_t km_table_buckets(const struct km *km);
+KM_HIDDEN int km_table_walk_buckets(struct km *km, size_t *cursor, size_t nbuckets,
+				    km_walk_fn *fn, void *arg);
 
 /* pool.c */
 KM_HIDDEN struct km_entry *km_entry_alloc(struct km *km, size_t len);
 KM_HIDDEN void km_entry_retire(struct km *km, struct km_entry *e);
 KM_HIDDEN int km_pool_prefill(struct km *km, size_t n);
 KM_HIDDEN void km_pool_drain(struct km *km);
+KM_HIDDEN void km_retire_flush_all(struct km *km);
 KM_HIDDEN size_t km_pool_count(struct km *km);
 KM_HIDDEN bool km_idle_push(struct km *km, struct km_entry *e);
 KM_HIDDEN void km_idle_flush(struct km *km);
@@ -276,6 +282,18 @@ KM_HIDDEN int km_async_try_cancel(struct km_waiter *w, uint32_t why, bool regist
 /* timer.c */
 KM_HIDDEN int km_timer_add(struct km_waiter *w, const struct timespec *deadline);
 KM_HIDDEN void km_timer_remove(struct km_waiter *w);
+
+/* test hooks (tests only; compiled to nothing otherwise): testhook.h */
+#ifdef KM_TEST_HOOKS
+KM_HIDDEN int km_hook(enum km_hook_point p, void *arg);
+#else
+static inline int km_hook(enum km_hook_point p, void *arg)
+{
+	(void)p;
+	(void)arg;
+	return 0;
+}
+#endif
 
 /* fault injection (tests only; compiled to nothing otherwise) */
 #ifdef KM_FAULT_INJECTION

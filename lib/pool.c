@@ -82,7 +82,6 @@ static void km_pool_push(struct km_entry **top, struct km_entry *e)
 	/* Retries when a pop or another push moved the head meanwhile. */
 	do {
 		km_store_relaxed(&e->link, old);
-		km_store_relaxed(&e->depth, old ? km_load_relaxed(&old->depth) + 1 : 1);
 	} while (!km_cas_release(top, &old, e));
 }
 
@@ -223,10 +222,16 @@ int km_pool_prefill(struct km *km, size_t n)
 	return 0;
 }
 
-void km_pool_drain(struct km *km)
+/* Hand every stripe's retired entries to the reclaimer. */
+void km_retire_flush_all(struct km *km)
 {
 	for (unsigned s = 0; s < KM_STRIPES; s++)
 		km_retire_flush(km, s);
+}
+
+void km_pool_drain(struct km *km)
+{
+	km_retire_flush_all(km);
 	km_reclaim_wait();	/* every batch of this table is reclaimed */
 	for (unsigned s = 0; s < KM_STRIPES; s++) {
 		for (unsigned c = 0; c < KM_CLASSES; c++) {
@@ -245,18 +250,22 @@ void km_pool_drain(struct km *km)
 	km->pool_free = 0;
 }
 
+/*
+ * Free entries on the pool stacks, from the counters alone: km->pool_free
+ * less each stripe's pops not yet subtracted from it (km_pool_popped). Never
+ * from the entries: a stack's top may be popped and live again by the time
+ * we read it (its depth field is then another use of the same memory).
+ * Exact when nothing runs; under load a recent value, clamped at 0.
+ */
 size_t km_pool_count(struct km *km)
 {
-	size_t n = 0;
+	size_t unsynced = 0, n = km_load_relaxed(&km->pool_free);
 
-	for (unsigned s = 0; s < KM_STRIPES; s++)
-		for (unsigned c = 0; c < KM_CLASSES; c++) {
-			struct km_entry *e = km_load_acquire(&km->stripes[s].pool[c]);
-
-			if (e != NULL)
-				n += km_load_relaxed(&e->depth);
-		}
-	return n;
+	for (unsigned s = 0; s < KM_STRIPES; s++) {
+		km_hook(KM_HOOK_POOL_COUNT, NULL);
+		unsynced += km_load_relaxed(&km->stripes[s].pool_pops) % KM_POOL_SYNC;
+	}
+	return n > unsynced ? n - unsynced : 0;
 }
 
 /*

@@ -32,6 +32,7 @@ static pthread_once_t km_rc_once = PTHREAD_ONCE_INIT;
 static struct km_entry *km_rc_queue;	/* batch heads, linked through rcu.next */
 static uint64_t km_rc_queued, km_rc_reclaimed; /* batches queued / reclaimed so far */
 static bool km_rc_running;	/* a thread serves the queue */
+static bool km_rc_in_round;	/* a round (the thread's or a fallback) is under way */
 static bool km_rc_joinable;	/* km_rc_thread was started and not joined yet */
 static bool km_rc_stop;		/* the library is being unloaded */
 static pthread_t km_rc_thread;
@@ -52,6 +53,7 @@ static void km_rc_atfork_child(void)
 	pthread_condattr_destroy(&a);
 	km_rc_queue = NULL;
 	km_rc_running = false;
+	km_rc_in_round = false;
 	km_rc_joinable = false;
 	km_rc_reclaimed = km_rc_queued;
 }
@@ -94,18 +96,27 @@ __attribute__((destructor)) static void km_rc_fini(void)
 }
 
 /*
- * One round, called and returning with km_rc_lock held: take every queued
- * batch, wait for a grace period (every read-side section that could have
- * seen these entries, unlinked before they were queued, has ended), then
- * pool or free them and wake km_reclaim_wait.
+ * One round, called and returning with km_rc_lock held, never while another
+ * round is under way: take every queued batch, wait for a grace period
+ * (every read-side section that could have seen these entries, unlinked
+ * before they were queued, has ended), then pool or free them and wake
+ * km_reclaim_wait.
+ *
+ * Rounds are serialised because km_rc_reclaimed is one number: a round
+ * publishes "every batch queued before I started is reclaimed", which is
+ * true only if no earlier round still holds some of them (a fallback round
+ * in km_reclaim_wait beside a thread started later would otherwise let
+ * km_destroy free a table whose batch the other round still reclaims).
  */
 static void km_rc_round(void)
 {
 	struct km_entry *batches = km_rc_queue;
 	uint64_t upto = km_rc_queued;
 
+	km_rc_in_round = true;
 	km_rc_queue = NULL;
 	pthread_mutex_unlock(&km_rc_lock);
+	km_hook(KM_HOOK_RECLAIM_ROUND, NULL);
 	urcu_bp_synchronize_rcu();
 	km_rcu_reclaim_begin();
 	while (batches != NULL) {
@@ -115,8 +126,8 @@ static void km_rc_round(void)
 		batches = next;
 	}
 	pthread_mutex_lock(&km_rc_lock);
-	if (km_rc_reclaimed < upto)
-		km_rc_reclaimed = upto;
+	km_rc_reclaimed = upto;	/* rounds are serialised: upto only grows */
+	km_rc_in_round = false;
 	pthread_cond_broadcast(&km_rc_done);
 }
 
@@ -140,6 +151,10 @@ static void *km_rc_main(void *arg)
 				break;	/* idle or unloading: leave no thread behind */
 			continue;
 		}
+		if (km_rc_in_round) {	/* a fallback round: ours comes after it */
+			pthread_cond_wait(&km_rc_done, &km_rc_lock);
+			continue;
+		}
 		km_rc_round();
 	}
 	km_rc_running = false;
@@ -160,7 +175,8 @@ void km_reclaim_enqueue(struct km_entry *batch)
 		if (km_rc_joinable)
 			pthread_join(km_rc_thread, NULL);
 		km_rc_joinable = false;
-		if (pthread_create(&km_rc_thread, NULL, km_rc_main, NULL) == 0) {
+		if (km_hook(KM_HOOK_RECLAIMER_CREATE, NULL) == 0 &&
+		    pthread_create(&km_rc_thread, NULL, km_rc_main, NULL) == 0) {
 			km_rc_running = true;
 			km_rc_joinable = true;
 		}
@@ -183,7 +199,7 @@ void km_reclaim_wait(void)
 	uint64_t target = km_rc_queued;
 
 	while (km_rc_reclaimed < target) {
-		if (!km_rc_running) {
+		if (!km_rc_running && !km_rc_in_round) {
 			km_rc_round();	/* no thread (creation failed): do it here */
 			continue;
 		}

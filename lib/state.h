@@ -9,9 +9,11 @@
  *                         with the queue under the entry's qlock
  *   bit   41     WAKING   a queued waiter was woken to retry (barging mode);
  *                         releasers need not wake another
- *   bit   42     HANDOFF  newcomers must not barge: the head waiter has
- *                         waited past the fairness bound and releasers grant
- *                         to it directly
+ *   bit   42     HANDOFF  newcomers must not barge: the head waiter is one
+ *                         that only a direct grant serves (async, shared),
+ *                         or has waited past the fairness bound; releasers
+ *                         grant to it directly. Recomputed from the new
+ *                         head whenever the head changes (wait.c)
  *   bit   43     IDLEQ    the entry sits in an idle ring: when HOLD and WAIT
  *                         drop to zero it stays in the table, idle, for
  *                         the next acquire of its key (one CAS), until the

@@ -10,6 +10,8 @@
  */
 #include "internal.h"
 
+#include <stdlib.h>
+
 static int km_stats_visit(struct km_entry *e, uint64_t s, void *arg)
 {
 	struct km_stats *st = arg;
@@ -49,32 +51,109 @@ int km_stats(struct km *km, struct km_stats *out)
 	return 0;
 }
 
-struct km_query_ctx {
-	const struct km *km;
-	km_visit_fn *visit;
-	void *arg;
+/*
+ * km_query calls the visitor outside any read-side section: a visitor may
+ * block (wait in km_lock, run a ready() through a grant), and one blocked in
+ * a section would stop grace periods, and with them every releaser once the
+ * reclamation backlog is full. So the walk copies what it sees of a few
+ * buckets at a time (key bytes, counts) into a buffer, leaves the section,
+ * and only then visits the copies.
+ */
+#define KM_QUERY_BUCKETS 64	/* buckets per batch between two visits */
+
+struct km_snap {
+	size_t key_off;		/* into the batch's key bytes */
+	size_t len;
+	unsigned holders, waiters;
+	int shared;
 };
 
-static int km_query_visit(struct km_entry *e, uint64_t s, void *arg)
+struct km_query_batch {
+	const struct km *km;
+	struct km_snap *snap;
+	size_t n, cap;
+	unsigned char *keys;
+	size_t used, kcap;
+	bool nomem;
+};
+
+static bool km_grow(void **p, size_t *cap, size_t need, size_t elem)
 {
-	struct km_query_ctx *q = arg;
+	size_t cap2 = *cap != 0 ? *cap : 64;
+	void *q;
+
+	if (need <= *cap)
+		return true;
+	while (cap2 < need) {
+		if (cap2 > SIZE_MAX / 2 / elem)
+			return false;
+		cap2 *= 2;
+	}
+	q = km_fault_hit() ? NULL : realloc(*p, cap2 * elem);
+	if (q == NULL)
+		return false;
+	*p = q;
+	*cap = cap2;
+	return true;
+}
+
+static int km_query_copy(struct km_entry *e, uint64_t s, void *arg)
+{
+	struct km_query_batch *b = arg;
+	size_t len = km_load_relaxed(&e->len);
 
 	if (km_s_unused(s))
 		return 0;	/* idle: neither held nor awaited */
-	int shared = km_s_holders(s) > 0 && !(s & KM_S_X) && q->km->max_holders == 1;
-
-	return q->visit(e->key, e->len, km_s_holders(s), km_s_waiters(s), shared, q->arg);
+	if (!km_grow((void **)&b->snap, &b->cap, b->n + 1, sizeof *b->snap) ||
+	    len > SIZE_MAX - b->used ||
+	    !km_grow((void **)&b->keys, &b->kcap, b->used + len, 1)) {
+		b->nomem = true;
+		return 1;
+	}
+	/* The entry may die meanwhile, but its memory is not reused before
+	 * our section ends: the bytes are its key's. */
+	if (len != 0)
+		memcpy(b->keys + b->used, e->key, len);
+	b->snap[b->n++] = (struct km_snap){
+		.key_off = b->used,
+		.len = len,
+		.holders = km_s_holders(s),
+		.waiters = km_s_waiters(s),
+		.shared = km_s_holders(s) > 0 && !(s & KM_S_X) && b->km->max_holders == 1,
+	};
+	b->used += len;
+	return 0;
 }
 
 int km_query(struct km *km, km_visit_fn *visit, void *arg)
 {
-	struct km_query_ctx q = { km, visit, arg };
-	int r;
+	struct km_query_batch b;
+	size_t cursor = 0, end;
+	int r = 0;
 
 	if (km == NULL || visit == NULL)
 		return EINVAL;
-	km_rcu_read_lock();
-	r = km_table_walk(km, km_query_visit, &q);
-	km_rcu_read_unlock();
+	memset(&b, 0, sizeof b);
+	b.km = km;
+	end = km_table_buckets(km);
+	while (r == 0 && cursor < end) {
+		b.n = 0;
+		b.used = 0;
+		km_rcu_read_lock();
+		(void)km_table_walk_buckets(km, &cursor, KM_QUERY_BUCKETS, km_query_copy, &b);
+		km_rcu_read_unlock();
+		if (b.nomem) {
+			r = ENOMEM;
+			break;
+		}
+		for (size_t i = 0; i < b.n && r == 0; i++) {
+			const struct km_snap *sn = &b.snap[i];
+
+			r = visit(b.keys + sn->key_off, sn->len, sn->holders, sn->waiters,
+				  sn->shared, arg);
+		}
+	}
+	free(b.snap);
+	free(b.keys);
 	return r;
 }

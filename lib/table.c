@@ -73,9 +73,7 @@ struct km_entry *km_table_find_or_insert(struct km *km, uint32_t h, const void *
 			if (len != 0)
 				memcpy(fresh->key, key, len);
 			fresh->owner = NULL;
-			/* Atomic: a pool push may still read this word (as the
-			 * old top's depth) before its CAS fails. */
-			km_store_relaxed(&fresh->recursion, 0);
+			km_store_relaxed(&fresh->recursion, 0);	/* atomic everywhere (acquire.c) */
 			fresh->qlock = 0;
 			fresh->qtail = NULL;
 			fresh->state = born;
@@ -132,26 +130,51 @@ restart:
 	}
 }
 
-int km_table_walk(struct km *km, km_walk_fn *fn, void *arg)
+/*
+ * Walks, inside a read-side section: fn sees every entry that is linked, not
+ * marked and not DEAD when the walk passes it, with that state word; a
+ * non-zero return ends the walk with that value. km_table_walk_buckets
+ * walks at most nbuckets whole buckets from *cursor (an index over all
+ * shards' buckets, below km_table_buckets()) and leaves *cursor past the
+ * last bucket it entered, so a caller can leave the section between two
+ * calls and resume.
+ */
+size_t km_table_buckets(const struct km *km)
 {
-	for (unsigned s = 0; s < km->nshards; s++) {
-		struct km_shard *sh = &km->shards[s];
+	return (size_t)km->nshards * (km->shards[0].mask + 1);	/* every shard alike */
+}
 
-		for (size_t b = 0; b <= sh->mask; b++) {
-			for (uintptr_t p = km_load_acquire(&sh->buckets[b]); p != 0;) {
-				struct km_entry *e = (struct km_entry *)(p & ~KM_MARK);
-				uintptr_t next = km_load_acquire(&e->next);
-				uint64_t st = km_load_acquire(&e->state);
+int km_table_walk_buckets(struct km *km, size_t *cursor, size_t nbuckets,
+			  km_walk_fn *fn, void *arg)
+{
+	size_t per_shard = km->shards[0].mask + 1, end = km_table_buckets(km);
 
-				if (!(next & KM_MARK) && !km_s_dead(st)) {
-					int r = fn(e, st, arg);
+	if (nbuckets < end - *cursor)
+		end = *cursor + nbuckets;
+	while (*cursor < end) {
+		size_t i = (*cursor)++;
+		struct km_shard *sh = &km->shards[i / per_shard];
 
-					if (r != 0)
-						return r;
-				}
-				p = next & ~KM_MARK;
+		for (uintptr_t p = km_load_acquire(&sh->buckets[i % per_shard]); p != 0;) {
+			struct km_entry *e = (struct km_entry *)(p & ~KM_MARK);
+			uintptr_t next = km_load_acquire(&e->next);
+			uint64_t st = km_load_acquire(&e->state);
+
+			if (!(next & KM_MARK) && !km_s_dead(st)) {
+				int r = fn(e, st, arg);
+
+				if (r != 0)
+					return r;
 			}
+			p = next & ~KM_MARK;
 		}
 	}
 	return 0;
+}
+
+int km_table_walk(struct km *km, km_walk_fn *fn, void *arg)
+{
+	size_t cursor = 0;
+
+	return km_table_walk_buckets(km, &cursor, SIZE_MAX, fn, arg);
 }

@@ -35,12 +35,15 @@ km_take_now(struct km *km, uint32_t h, const void *key, size_t len, bool shared,
 			return 0;
 		if (owner != NULL && km_load_relaxed(&e->owner) == owner) {
 			/* Only this owner stores itself here, and clears it
-			 * before releasing: it holds the key exclusively. */
+			 * before releasing: it holds the key exclusively, and
+			 * only it may release that hold (km_unlock_owner), so
+			 * the count below cannot race a release. */
 			if (km->flags & KM_ERRORCHECK)
 				return EDEADLK;
 			if (shared)
 				return EINVAL;
-			e->recursion++;
+			km_hook(KM_HOOK_NESTED, NULL);
+			km_store_relaxed(&e->recursion, km_load_relaxed(&e->recursion) + 1);
 			*nested = true;
 			return 0;
 		}

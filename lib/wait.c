@@ -81,6 +81,22 @@ int km_futex_wait(uint32_t *addr, uint32_t val, const struct timespec *deadline)
 	return 0;		/* woken, value changed (EAGAIN) or EINTR: look again */
 }
 
+/*
+ * Wake one sleeper on addr. The word may be gone by now: a sync waiter's
+ * futex word lives on its stack, and the wake is delivered after the qlock
+ * is dropped (km_done_deliver), so a waiter whose sleep ended on its own (a
+ * timeout, a signal) may already have seen KM_FX_WAKE, returned, and reused
+ * that stack memory. That is harmless, and relied upon:
+ *  - a private futex wake keys on (process, address) and never touches the
+ *    page: the call cannot fault or write anything, whatever lives there;
+ *  - if some other futex sleeper now waits on that address (a later
+ *    km_park, a glibc lock or condvar in a new stack frame), it gets one
+ *    spurious wake-up, which every futex user must tolerate (futex(2):
+ *    callers re-check their condition; glibc's locks loop, km_park loops
+ *    until its word says KM_FX_WAKE).
+ * The alternative, waking under the qlock, would make every grant hold the
+ * queue lock across a syscall.
+ */
 void km_futex_wake(uint32_t *addr)
 {
 	syscall(SYS_futex, addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, 1, NULL, NULL, 0);
@@ -229,6 +245,31 @@ void km_done_deliver(struct km_done *d)
 	d->async_tail = &d->async_first;
 }
 
+/*
+ * The HANDOFF bit a queue headed by head (NULL: empty) calls for. A head
+ * that only a direct grant serves (async: no thread to retry; shared: never
+ * barges) keeps newcomers out for as long as it heads the queue, or a
+ * barger could take every gap between a release and its dispatch and starve
+ * it. Every change of head recomputes the bit from the new head; an
+ * exclusive sync head sets it itself once past the fairness bound.
+ */
+static uint64_t km_handoff_for(const struct km_waiter *head)
+{
+	if (head == NULL)
+		return 0;
+	return (km_load_relaxed(&head->flags) & (KM_WF_ASYNC | KM_WF_SHARED)) ? KM_S_HANDOFF : 0;
+}
+
+/* The queue's head once w (queued) has left it; under the qlock. */
+static struct km_waiter *km_head_without(const struct km_entry *e, const struct km_waiter *w)
+{
+	struct km_waiter *head = e->qtail->next;
+
+	if (head != w)
+		return head;
+	return w->next != w ? w->next : NULL;
+}
+
 void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 {
 	for (;;) {
@@ -259,13 +300,9 @@ void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 				continue;
 			}
 			uint64_t n = km_s_take(s, shared, km->max_holders) - KM_S_WAIT1;
-			struct km_waiter *next = w->next != w ? w->next : NULL;
 
-			/* Newcomers keep out while the next head is one that only
-			 * a direct grant serves (shared, async): otherwise an
-			 * exclusive barger could take every gap and starve it. */
-			if (next == NULL || !(next->flags & (KM_WF_ASYNC | KM_WF_SHARED)))
-				n &= ~KM_S_HANDOFF;
+			/* The next head decides whether newcomers keep out. */
+			n = (n & ~KM_S_HANDOFF) | km_handoff_for(km_head_without(e, w));
 			/* A head woken to retry and granted before it did: its
 			 * wake is spent, so the word must stop saying one is on
 			 * its way (else releasers would never wake the next). */
@@ -294,6 +331,8 @@ bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
 		    struct km_done *done)
 {
 	uint64_t s = km_load_relaxed(&e->state), n;
+	bool was_head = e->qtail->next == w;
+	uint64_t handoff = km_handoff_for(km_head_without(e, w));
 
 	km_queue_remove(e, w);
 	/* Retries when holders or bargers changed the word. */
@@ -301,6 +340,8 @@ bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
 		n = s - KM_S_WAIT1;
 		if (w->flags & KM_WF_WOKEN)
 			n &= ~KM_S_WAKING;	/* we were the woken head */
+		if (was_head)		/* a new head decides whether newcomers keep out */
+			n = (n & ~KM_S_HANDOFF) | handoff;
 		if (km_s_waiters(n) == 0)
 			n &= ~(KM_S_HANDOFF | KM_S_WAKING);
 		if (km_s_unused(n) && !(n & KM_S_IDLEQ))
@@ -376,6 +417,7 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 
 	for (;;) {
 		km_park(&w, deadline);
+		km_hook(KM_HOOK_WAITER_AWAKE, NULL);
 		km_rcu_read_lock();
 		km_qlock(e);
 		/* Consume the wake-up (back to KM_FX_WAIT); acq_rel pairs with
@@ -414,12 +456,14 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			/* Retry as the head: take the key if free, else ask for a
 			 * direct hand-off once past the fairness bound. Retries
 			 * when a barger or a release changed the word. */
+			uint64_t handoff = km_handoff_for(km_head_without(e, &w));
+
 			do {
 				n = s & ~KM_S_WAKING;
 				take = km_s_compatible(s, shared, km->max_holders);
-				if (take)
-					n = (km_s_take(n, shared, km->max_holders) - KM_S_WAIT1) &
-					    ~KM_S_HANDOFF;
+				if (take)	/* the next head decides on HANDOFF */
+					n = ((km_s_take(n, shared, km->max_holders) - KM_S_WAIT1) &
+					     ~KM_S_HANDOFF) | handoff;
 				else if (km_now_ns() - since > KM_STARVE_NS)
 					n |= KM_S_HANDOFF;
 			} while (!km_cas_acq_rel(&e->state, &s, n));

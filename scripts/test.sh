@@ -29,19 +29,23 @@ setup() {		# setup DIR [meson args...]
 }
 
 # 1. Everything, plain build.
-setup build-test -Dbench=true
+# -Dtest_hooks=true (every build below that runs the unit suite): the
+# test-only interleaving points that tests/unit_races.c replays (lib/testhook.h).
+setup build-test -Dbench=true -Dtest_hooks=true
 run "all suites (gcc)" meson test -C build-test --print-errorlogs -v --num-processes 1
 
 # 2. Sanitizers on the unit and stress suites (short durations).
 KM_SAN_MS="${KM_SAN_MS:-150}"
 # Sanitizer builds keep freed memory (quarantine, shadow): churn fewer keys.
 export KM_RSS_KEYS="${KM_RSS_KEYS_SAN:-1000000}"
-CC=clang setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=false
+CC=clang setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Dexamples=false \
+	-Dtest_hooks=true
 run "ThreadSanitizer" env KM_STRESS_MS="$KM_SAN_MS" \
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
 	meson test -C build-tsan --print-errorlogs -v --num-processes 1 \
 	--suite unit --suite stress --suite async --suite modes --suite torture
-CC=clang setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false -Dexamples=false
+CC=clang setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false -Dexamples=false \
+	-Dtest_hooks=true
 run "AddressSanitizer+UBSan" env KM_STRESS_MS="$KM_SAN_MS" \
 	ASAN_OPTIONS="detect_leaks=1:halt_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$PWD/tests/ubsan.supp" \
 	meson test -C build-asan --print-errorlogs -v --num-processes 1 \
@@ -49,7 +53,7 @@ run "AddressSanitizer+UBSan" env KM_STRESS_MS="$KM_SAN_MS" \
 
 # 3. Fault injection: every allocation site made to fail in turn (also
 #    under valgrind memcheck), and the ENOMEM unit tests.
-setup build-fault -Dfault_injection=true -Dbench=false -Dexamples=false
+setup build-fault -Dfault_injection=true -Dbench=false -Dexamples=false -Dtest_hooks=true
 run "fault injection" meson test -C build-fault --print-errorlogs -v --num-processes 1 \
 	--suite fault --suite unit
 
@@ -63,7 +67,7 @@ run "fault injection" meson test -C build-fault --print-errorlogs -v --num-proce
 #    threads time to queue (tests/km_test.h); KM_MO_ROUNDS shortens the
 #    memory-ordering hand-off (each round is a thread switch here).
 setup build-memcheck -Dcriterion_shim=true -Dfault_injection=true -Dbuildtype=debug \
-	-Dbench=false -Dexamples=false
+	-Dbench=false -Dexamples=false -Dtest_hooks=true
 run "valgrind memcheck (unit)" env KM_TIME_SCALE="${KM_VG_TIME_SCALE:-5}" \
 	KM_MO_ROUNDS="${KM_VG_MO_ROUNDS:-200}" \
 	meson test -C build-memcheck --print-errorlogs -v --num-processes 1 --suite unit \

@@ -620,9 +620,9 @@ static void cx_step(struct cx *c, struct cx_task *t)
 		t->stage = 2;
 		return;
 	case 2:				/* drop the nested hold; still ours */
-		if (c->rec && km_unlock(&t->nested) != 0)
+		if (c->rec && km_unlock_owner(&t->nested, t) != 0)
 			cx_violation(c, 4);
-		if (!c->rec && km_unlock(&t->outer) != EPERM)
+		if (km_unlock(&t->outer) != EPERM)
 			cx_violation(c, 5);	/* this thread is not the owner */
 		if (atomic_load(&sl->owner) != (uintptr_t)t)
 			cx_violation(c, 2);

@@ -107,6 +107,8 @@ struct mkey {
 	unsigned nq;
 };
 
+#define OWN_NONE (-2)	/* a hold without an owner: any thread may release it */
+
 struct mguard {
 	bool used;
 	int key;
@@ -122,7 +124,9 @@ struct req {
 	bool port;
 	bool auto_unlock;	/* ready() unlocks at once */
 	int tok;		/* -1 none */
-	int owner;
+	int owner;		/* the owner it names (index into owners) */
+	int hold_owner;		/* its hold's owner: owner, or OWN_NONE (owner table,
+				   no explicit owner: the hold is the request's) */
 	int status;		/* pending port completion: its status */
 	unsigned ready_calls;
 };
@@ -253,7 +257,7 @@ static void m_dispatch(int key)
 
 		if (!compatible(k, q->shared))
 			return;
-		take(k, q->shared, q->owner);
+		take(k, q->shared, q->hold_owner);
 		memmove(&k->q[0], &k->q[1], (k->nq - 1) * sizeof k->q[0]);
 		k->nq--;
 		m_complete(slot, 0);
@@ -564,7 +568,10 @@ static void op_unlock(struct in *in)
 	unsigned b = byte(in);
 	int gi = (int)(b % NG);
 	int as = (int)((b >> 4) % NOWN);	/* the owner we claim to be */
-	bool wrong = M.g[gi].used && (M.o.flags & KM_ERRORCHECK) && as != M.g[gi].owner;
+	/* Owner tables: an exclusive hold is released only by its owner
+	 * (KM_ERRORCHECK: a shared one too). */
+	bool wrong = M.g[gi].used && M.owner_tab &&
+		     ((M.o.flags & KM_ERRORCHECK) || !M.g[gi].shared) && as != M.g[gi].owner;
 	int rc;
 
 	begin_call();
@@ -581,7 +588,7 @@ static void op_unlock(struct in *in)
 	TRACE("%u: unlock guard %d (key %d %s owner %d) as %d: %d\n", opno, gi, M.g[gi].key,
 	      M.g[gi].shared ? "shared" : "excl", M.g[gi].owner, as, rc);
 	if (wrong) {
-		EXPECT(rc == EPERM, "ERRORCHECK unlock by another owner returned %d", rc);
+		EXPECT(rc == EPERM, "unlock by another owner returned %d", rc);
 		EXPECT(!zero_guard(&M.kg[gi]), "refused unlock changed the guard");
 		end_call("km_unlock (wrong owner)");
 		return;
@@ -729,6 +736,7 @@ static void op_async(struct in *in)
 	q->auto_unlock = false;	/* set below for queued requests only */
 	q->tok = tok;
 	q->owner = owner;
+	q->hold_owner = M.owner_tab && owner == 0 ? OWN_NONE : owner;
 	q->ready_calls = 0;
 	o.flags = (shared ? KM_SHARED : 0) | (try_ ? KM_TRY : 0);
 	o.cancel = tok >= 0 ? M.t[tok].t : NULL;
@@ -741,7 +749,8 @@ static void op_async(struct in *in)
 		want = EINVAL;
 	else if (tok >= 0 && M.t[tok].cancelled)
 		want = ECANCELED;
-	else if (M.owner_tab && (k->holders || k->nq) && k->excl && k->owner == owner)
+	else if (M.owner_tab && q->hold_owner >= 0 && (k->holders || k->nq) && k->excl &&
+		 k->owner == q->hold_owner)
 		want = (M.o.flags & KM_ERRORCHECK) ? EDEADLK : shared ? EINVAL : (recur = true, 0);
 	else if (may_barge(k, shared))
 		want = 0;
@@ -772,7 +781,7 @@ static void op_async(struct in *in)
 		if (recur)
 			k->recursion++;
 		else
-			take(k, shared, owner);
+			take(k, shared, q->hold_owner);
 		q->st = R_HOLD;
 		break;
 	case EINPROGRESS:
