@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and run every test: the plain build (gcc), then the stress suites
 # again under ThreadSanitizer and under AddressSanitizer + UBSan (clang), the
-# fault-injection build, the unit suite under valgrind memcheck, then the
+# fault-injection build, the unit suite under valgrind memcheck, the
+# instruction-count gate (callgrind, pinned gcc), then the
 # negative control (the seed's bug reintroduced must make the stress tests
 # fail). Criterion's "Synthesis:" lines are printed for every suite.
 set -euo pipefail
@@ -33,6 +34,10 @@ setup() {		# setup DIR [meson args...]
 # test-only interleaving points that tests/unit_races.c replays (lib/testhook.h).
 setup build-test -Dbench=true -Dtest_hooks=true
 run "all suites (gcc)" meson test -C build-test --print-errorlogs -v --num-processes 1
+
+# 1b. Instructions per lock+unlock under callgrind against the gates of
+#     tools/callgrind-budget.txt (own release build, build-cg; ~20 s).
+run "callgrind gate" bash tools/callgrind-gate.sh
 
 # 2. Sanitizers on the unit and stress suites (short durations).
 KM_SAN_MS="${KM_SAN_MS:-150}"
