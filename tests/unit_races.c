@@ -780,13 +780,14 @@ Test(races, reclaim_rounds_never_overlap)
 	int rounds = 0;
 
 	/* 1. No reclaimer thread can be made: a batch of t1 waits queued.
-	 *    (Churn until the library tries to start one: a thread left from
-	 *    earlier work exits after 100 ms idle.) */
+	 *    (A reclaimer thread left from earlier work in this process exits
+	 *    after 100 ms without work: wait longer than that, then queue one
+	 *    batch, until the library tries to start a thread for it.) */
 	H.fail_create = 1;
 	while (atomic_load(&H.create_calls) == 0) {
+		kt_sleep_us(150000);
 		churn_keys(t1, rounds % 2 ? "a" : "b", 64);	/* one full batch */
-		cr_assert(++rounds < 200, "the reclaimer never went idle");
-		kt_sleep_us(20000);
+		cr_assert(++rounds < 100, "the reclaimer never went idle");
 	}
 	/* 2. Another table's destroy reclaims it on its own thread (the
 	 *    fallback round) and stops before the grace period. */
