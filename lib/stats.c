@@ -148,9 +148,10 @@ int km_query(struct km *km, km_visit_fn *visit, void *arg)
 		}
 		for (size_t i = 0; i < b.n && r == 0; i++) {
 			const struct km_snap *sn = &b.snap[i];
+			/* No key bytes were copied (only empty keys): no buffer. */
+			const void *key = sn->len != 0 ? (const void *)(b.keys + sn->key_off) : "";
 
-			r = visit(b.keys + sn->key_off, sn->len, sn->holders, sn->waiters,
-				  sn->shared, arg);
+			r = visit(key, sn->len, sn->holders, sn->waiters, sn->shared, arg);
 		}
 	}
 	free(b.snap);
