@@ -33,10 +33,35 @@ static inline uintptr_t *km_bucket(struct km *km, uint32_t h)
 	return &sh->buckets[h & sh->mask];
 }
 
+static inline uint64_t km_word(const unsigned char *p, size_t n)
+{
+	uint64_t v = 0;
+
+	memcpy(&v, p, n);	/* n is 4 or 8 here: one load */
+	return v;
+}
+
+/*
+ * Do len bytes at a and b match? Keys up to 16 bytes (the common case: ids,
+ * hashes) compare inline with two possibly overlapping loads per side, as
+ * the hash reads them, instead of a call to memcmp (~18 instructions of the
+ * recurring-key path under callgrind).
+ */
+static inline bool km_key_eq(const unsigned char *a, const unsigned char *b, size_t len)
+{
+	if (len >= 8 && len <= 16)
+		return ((km_word(a, 8) ^ km_word(b, 8)) |
+			(km_word(a + len - 8, 8) ^ km_word(b + len - 8, 8))) == 0;
+	if (len >= 4 && len < 8)
+		return ((km_word(a, 4) ^ km_word(b, 4)) |
+			(km_word(a + len - 4, 4) ^ km_word(b + len - 4, 4))) == 0;
+	return len == 0 || memcmp(a, b, len) == 0;
+}
+
 static inline bool km_entry_is(const struct km_entry *e, uint32_t tag,
 			       const void *key, size_t len)
 {
-	return e->hash == tag && e->len == len && (len == 0 || memcmp(e->key, key, len) == 0);
+	return e->hash == tag && e->len == len && km_key_eq(e->key, key, len);
 }
 
 struct km_entry *km_table_find_or_insert(struct km *km, uint32_t h, const void *key,
