@@ -64,6 +64,7 @@ static struct {
 	int nested_depth;		/* POOL_COUNT: nested holds to take */
 	struct km_guard *nested;
 	int other_unlock_rc;
+	struct timespec deadline;	/* the timer case's request deadline */
 } H;
 
 static __thread int tl_pause_awake;	/* WAITER_AWAKE: stop here once */
@@ -245,7 +246,11 @@ static int timer_hook(int point, void *arg)
 		(void)km_request_cancel(&first->req);
 		cr_assert_eq(km_unlock(H.held), 0);
 		cr_assert_eq(km__quiesce(H.km), 0);
-		kt_sleep_us(60000);
+		/* Past the deadline, and time for the timer thread to fire. */
+		while (kt_now_ns() < (uint64_t)H.deadline.tv_sec * 1000000000u +
+				     (uint64_t)H.deadline.tv_nsec)
+			kt_sleep_us(5000);
+		kt_sleep_us(50000 * kt_time_scale());
 		atomic_fetch_add(&H.fired, 1);
 	}
 	return 0;
@@ -276,7 +281,10 @@ Test(races, async_failed_request_leaves_the_timer_inside_its_section)
 	memset(&req, 0, sizeof req);
 	req.ready = never_ready;
 	H.req = &req;
-	dl = kt_deadline_ms(30);
+	/* Far enough that it has not passed when the request checks it, even
+	 * under valgrind; the hook waits it out. */
+	dl = kt_deadline_ms(100 * kt_time_scale());
+	H.deadline = dl;
 	lo.deadline = &dl;
 	km__hook_set(timer_hook);
 	cr_assert_eq(km_acquire_async(H.km, key, sizeof key, &lo, &req), EAGAIN);
