@@ -29,7 +29,24 @@ if [ "${1:-}" = "--long" ]; then
 	long=1
 	shift
 fi
-models=${*:-entry async owner}
+models=${*:-entry async owner wait}
+check_wait() {
+	use wait
+	EX="-DCOLLAPSE"
+	verify "2 sync waiters, async, barger, 1 round each (exhaustive)" pass "$EX" "-m1000000 -w24" -DITER=1
+	verify "2 sync waiters, async, 2 rounds each (exhaustive)" pass "$EX" "-m1000000 -w24" -DNB=0 -DITER=2
+	verify "1 sync waiter, async, 2 bargers, 2 rounds (exhaustive)" pass "$EX" "-m1000000 -w24" -DNS=1 -DNB=2 -DITER=2
+	verify "+ timeouts: 2 sync, async, barger, 1 round (exhaustive)" pass "$EX" "-m1000000 -w24" -DTIMEOUT -DITER=1
+	verify "+ timeouts: 1 sync, async, 2 bargers, 2 rounds (exhaustive)" pass "$EX" "-m1000000 -w24" -DTIMEOUT -DNS=1 -DNB=2 -DITER=2
+	expect_end=1
+	verify "control: park announced by a plain store (lost wake-up)" fail "$EX" "-m1000000 -w22" -DPARK_STORE -DITER=1
+	expect_end=0
+	mode=liveness
+	verify "liveness: the async head is granted (weak fairness)" pass "$EX" "-m1000000 -w24 -a -f -N async_head" -DLIVE -DNS=1 -DNB=2
+	verify "control: old HANDOFF rules starve the async head" fail "$EX" "-m1000000 -w22 -a -f -N async_head" -DLIVE -DNS=1 -DNB=2 -DOLD_HANDOFF
+	verify "known gap, expected to fail: a sync head is not woken while bargers alternate" fail "$EX" "-m1000000 -w22 -a -f -N sync_head" -DLIVE -DNS=1 -DNB=2 -DFAIR_QLOCK
+}
+
 for m in $models; do
 	[ -f "$here/$m.pml" ] || { echo "check.sh: no model $m ($here/$m.pml)" >&2; exit 2; }
 done
@@ -45,8 +62,9 @@ mode=safety		# safety: assertions and end states (-DSAFETY)
 			# claim (pan -a, weak fairness with -f in PAN_ARGS)
 
 # verify NAME EXPECT PAN_CFLAGS PAN_ARGS SPIN_DEFINES...
-#   EXPECT: pass (no error, complete search) or fail (an assertion violated,
-#   or in liveness mode an acceptance cycle found)
+#   EXPECT: pass (no error, complete search) or fail (an assertion violated;
+#   with expect_end=1 also an invalid end state, i.e. a deadlock or a thread
+#   asleep for ever; in liveness mode also an acceptance cycle)
 verify() {
 	local name=$1 expect=$2 cflags=$3 args=$4
 	shift 4
@@ -90,6 +108,9 @@ ${last:-0} states, stored (time budget)"
 	else
 		if [ "${errors:-0}" != 0 ] && printf '%s\n' "$out" | grep -q 'assertion violated'; then
 			echo "ok    $name: caught: $(printf '%s\n' "$out" | grep -m1 -o 'assertion violated.*' | cut -c1-110)"
+		elif [ "${errors:-0}" != 0 ] && [ "${expect_end:-0}" = 1 ] &&
+		     printf '%s\n' "$out" | grep -q 'invalid end state'; then
+			echo "ok    $name: caught: $(printf '%s\n' "$out" | grep -m1 -o 'invalid end state.*' | cut -c1-110)"
 		elif [ "${errors:-0}" != 0 ] && [ "$mode" = liveness ] &&
 		     printf '%s\n' "$out" | grep -q 'acceptance cycle'; then
 			echo "ok    $name: caught: $(printf '%s\n' "$out" | grep -m1 -o 'acceptance cycle.*' | cut -c1-110)"
@@ -135,6 +156,23 @@ check_owner() {
 	use owner
 	verify "A nests, B unlocks A's guard, C contends (exhaustive)" pass "" "-m100000 -w20"
 	verify "control: anybody may unlock a recursive hold (old)" fail "" "-m100000 -w20" -DOLD_OWNER
+}
+
+check_wait() {
+	use wait
+	EX="-DCOLLAPSE"
+	verify "2 sync waiters, async, barger, 1 round each (exhaustive)" pass "$EX" "-m1000000 -w24" -DITER=1
+	verify "2 sync waiters, async, 2 rounds each (exhaustive)" pass "$EX" "-m1000000 -w24" -DNB=0 -DITER=2
+	verify "1 sync waiter, async, 2 bargers, 2 rounds (exhaustive)" pass "$EX" "-m1000000 -w24" -DNS=1 -DNB=2 -DITER=2
+	verify "+ timeouts: 2 sync, async, barger, 1 round (exhaustive)" pass "$EX" "-m1000000 -w24" -DTIMEOUT -DITER=1
+	verify "+ timeouts: 1 sync, async, 2 bargers, 2 rounds (exhaustive)" pass "$EX" "-m1000000 -w24" -DTIMEOUT -DNS=1 -DNB=2 -DITER=2
+	expect_end=1
+	verify "control: park announced by a plain store (lost wake-up)" fail "$EX" "-m1000000 -w22" -DPARK_STORE -DITER=1
+	expect_end=0
+	mode=liveness
+	verify "liveness: the async head is granted (weak fairness)" pass "$EX" "-m1000000 -w24 -a -f -N async_head" -DLIVE -DNS=1 -DNB=2
+	verify "control: old HANDOFF rules starve the async head" fail "$EX" "-m1000000 -w22 -a -f -N async_head" -DLIVE -DNS=1 -DNB=2 -DOLD_HANDOFF
+	verify "known gap, expected to fail: a sync head is not woken while bargers alternate" fail "$EX" "-m1000000 -w22 -a -f -N sync_head" -DLIVE -DNS=1 -DNB=2 -DFAIR_QLOCK
 }
 
 for m in $models; do
