@@ -11,8 +11,9 @@
 #             exhaustive (~20 s, ~1.5 GB)
 #     async   async PREP/QUEUED/cancel against reclamation (< 1 s)
 #     owner   the owner/recursion rule of KM_RECURSIVE tables (< 1 s)
-#     wait    the waiting protocol: safety, and the head waiters' liveness
-#             under weak fairness (acceptance cycles, pan -a -f)
+#     wait    the waiting protocol: safety, and the async head's liveness
+#             under weak fairness (acceptance cycles, pan -a -f) (~60 s,
+#             ~0.5 GB)
 #   model/check.sh --long       entry also with 3 clients, bitstate
 #                               (supertrace) search with a time budget
 #                               (KM_MODEL_LONG_SECONDS, default 900 per
