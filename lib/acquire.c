@@ -9,7 +9,9 @@
  *
  * Release: one CAS drops the hold; if that leaves nobody holding or waiting,
  * the same CAS sets DEAD (linearisation point of the removal), and the
- * releaser unlinks the entry and retires it through RCU. If waiters remain,
+ * releaser unlinks the entry and retires it through RCU; or, for a key this
+ * thread killed recently (second sighting, km_release), it sets IDLEQ and
+ * the entry waits in an idle ring for its key (pool.c). If waiters remain,
  * the releaser wakes or grants the next one.
  *
  * SPDX-License-Identifier: MIT
@@ -104,12 +106,49 @@ void km_guard_held(struct km_guard *g, struct km *km, struct km_entry *e,
 	km_guard_fill(g, km, e, wflags, owner);
 }
 
+/*
+ * Admission to the idle ring on second sighting (issue 12, review note 7).
+ * Keeping every released key idle made a stream of new keys pay, per
+ * release, for the IDLEQ CAS, a ring exchange and a cold victim's eviction
+ * (its CAS, unlink and retirement). Instead a release that leaves an entry
+ * unused kills it and notes its hash here, in a small per-thread,
+ * direct-mapped filter of keys this thread killed recently; a later release
+ * of the same key (a fresh entry) that finds its hash noted keeps that entry
+ * idle. A key that recurs within the filter's reach is thus idle from its
+ * second release on; a new key costs one filter look-up and one store more
+ * than with no idle ring.
+ *
+ * Nothing depends on the filter being right: a false positive (another key,
+ * or another table, with the same slot and tag) only keeps one entry idle,
+ * which the ring evicts in turn; a false negative (the slot was overwritten)
+ * only costs one more kill, after which the key is noted again. So it is
+ * plain per-thread memory, touched only by its thread with plain loads and
+ * stores, never by km_destroy, and shared by every table the thread uses:
+ * the hash is keyed by its table's secrets, and the table's address is mixed
+ * in as well. 128 slots of 16-bit tags: 256 bytes of static TLS (review note
+ * 9: keep the library's initial-exec TLS small).
+ */
+#define KM_SEEN_SLOTS 128		/* power of two */
+static __thread uint16_t km_seen[KM_SEEN_SLOTS] __attribute__((tls_model("initial-exec")));
+
+/* The filter's key for hash h of table km: slot from the low bits, tag from
+ * the high ones (never 0, so that an empty slot never matches). */
+static inline uint32_t km_seen_key(const struct km *km, uint32_t h)
+{
+	return h ^ ((uint32_t)((uintptr_t)km >> 6) * UINT32_C(0x9E3779B9));
+}
+
+static inline uint16_t km_seen_tag(uint32_t k)
+{
+	return (uint16_t)((k >> 16) | 1);
+}
+
 /* Drop one hold of e (see the file comment). */
 static void km_release(struct km *km, struct km_entry *e)
 {
 	struct km_done done;
-	uint32_t idle_cap = km->idle_limit != 0 ? 1 : 0;
-	bool idle;
+	uint16_t *seen = NULL, tag = 0;
+	bool admit = false, idle;
 	uint64_t s, n;
 
 	km_done_init(&done);
@@ -133,7 +172,19 @@ static void km_release(struct km *km, struct km_entry *e)
 		n = km_s_put(s);
 		idle = false;
 		if (km_s_unused(n) && !(n & KM_S_IDLEQ)) {
-			if (idle_cap != 0) {
+			if (seen == NULL && km->idle_limit != 0) {
+				/* Kept idle only on its second sighting
+				 * (above); looked up once, on the first
+				 * try that would leave e unused, so a key
+				 * held again (IDLEQ still set) skips it.
+				 * We hold e, so its hash is stable. */
+				uint32_t k = km_seen_key(km, km_load_relaxed(&e->hash));
+
+				seen = &km_seen[k & (KM_SEEN_SLOTS - 1)];
+				tag = km_seen_tag(k);
+				admit = *seen == tag;
+			}
+			if (admit) {
 				n |= KM_S_IDLEQ;	/* keep it, idle, for its key */
 				idle = true;
 			} else {
@@ -143,6 +194,8 @@ static void km_release(struct km *km, struct km_entry *e)
 	} while (!km_cas_acq_rel(&e->state, &s, n));
 
 	if (km_s_dead(n)) {
+		if (seen != NULL)
+			*seen = tag;		/* its first sighting: noted */
 		km_kill(km, e);
 	} else if (idle) {
 		if (!km_idle_push(km, e))

@@ -274,6 +274,13 @@ size_t km_pool_count(struct km *km)
  * fixed array filled round-robin: the entry it displaces, the oldest, is
  * evicted. A key that recurs within the ring's reach is found idle and taken
  * with one CAS, with no allocation, unlink or grace period.
+ *
+ * Only recurring keys are admitted (issue 12, review note 7): a release
+ * keeps the entry idle only if its thread killed an entry of the same key
+ * recently (a small per-thread filter of killed keys' hashes, acquire.c);
+ * otherwise it kills it and notes the hash. So a stream of new keys never
+ * fills the ring or evicts a cold victim, and a key that recurs is idle
+ * from its second release on.
  */
 void km_idle_evict(struct km *km, struct km_entry *e)
 {

@@ -17,7 +17,11 @@
  *   bit   43     IDLEQ    the entry sits in an idle ring: when HOLD and WAIT
  *                         drop to zero it stays in the table, idle, for
  *                         the next acquire of its key (one CAS), until the
- *                         ring evicts it (pool.c)
+ *                         ring evicts it (pool.c). Set by a release that
+ *                         leaves the word unused only on the key's second
+ *                         sighting: its releasing thread killed an entry
+ *                         of the key recently (acquire.c, km_release); a
+ *                         first release kills, as without idle entries
  *   bit   63     DEAD     set in the CAS that leaves HOLD == WAIT == 0; a
  *                         dead entry is never revived (lookups skip it and
  *                         insert a fresh entry), it is unlinked and reclaimed
