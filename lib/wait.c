@@ -371,6 +371,7 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 	struct km_waiter w;
 	struct km_done done;
 	bool shared = (wflags & KM_WF_SHARED) != 0;
+	bool head;			/* at the queue's head when last looked (qlock) */
 	uint64_t s, since;
 	int rc;
 
@@ -410,13 +411,31 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			break;
 	}
 	km_queue_append(e, &w);
+	head = e->qtail->next == &w;
 	km_qunlock(e);
 	km_rcu_read_unlock();
 	*contended = true;
 	since = km_now_ns();
 
 	for (;;) {
-		km_park(&w, deadline);
+		/* An exclusive head that nobody wakes (bargers take the key
+		 * between every release and its dispatch, which then finds it
+		 * held and wakes nobody) wakes itself at the fairness bound to
+		 * ask for a direct hand-off (below). Shared heads have HANDOFF
+		 * already (km_handoff_for). */
+		const struct timespec *park_deadline = deadline;
+		struct timespec bound;
+
+		if (head && !shared && !(km_load_relaxed(&e->state) & KM_S_HANDOFF)) {
+			uint64_t due = since + KM_STARVE_NS + 1;
+
+			if (deadline == NULL || km_deadline_ns(deadline) > due) {
+				bound.tv_sec = (time_t)(due / 1000000000u);
+				bound.tv_nsec = (long)(due % 1000000000u);
+				park_deadline = &bound;
+			}
+		}
+		km_park(&w, park_deadline);
 		km_hook(KM_HOOK_WAITER_AWAKE, NULL);
 		km_rcu_read_lock();
 		km_qlock(e);
@@ -427,7 +446,14 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			rc = 0;
 			goto out_unlock;
 		}
-		if (w.flags & KM_WF_WOKEN) {
+		bool woken = (w.flags & KM_WF_WOKEN) != 0;
+		/* Not woken, but the head past the fairness bound with no
+		 * hand-off asked for yet: retry as a woken head would. */
+		bool overdue = !woken && !shared && e->qtail->next == &w &&
+			       !(km_load_relaxed(&e->state) & KM_S_HANDOFF) &&
+			       km_now_ns() - since > KM_STARVE_NS;
+
+		if (woken || overdue) {
 			bool take;
 			uint64_t n;
 
@@ -459,7 +485,8 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			uint64_t handoff = km_handoff_for(km_head_without(e, &w));
 
 			do {
-				n = s & ~KM_S_WAKING;
+				/* WAKING is ours to clear only if we were woken. */
+				n = woken ? s & ~KM_S_WAKING : s;
 				take = km_s_compatible(s, shared, km->max_holders);
 				if (take)	/* the next head decides on HANDOFF */
 					n = ((km_s_take(n, shared, km->max_holders) - KM_S_WAIT1) &
@@ -489,6 +516,7 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			rc = ETIMEDOUT;
 			break;
 		}
+		head = e->qtail->next == &w;
 		km_qunlock(e);
 		km_rcu_read_unlock();
 	}

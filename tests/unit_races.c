@@ -854,3 +854,86 @@ Test(races, stats_pooled_stays_within_the_pool_bound)
 	free(H.nested);
 	cr_assert_eq(km_destroy(H.km), 0);
 }
+
+/* ------------------------------------------------------------------ */
+/* Found by model/wait.pml (sync_head): a parked exclusive head is never */
+/* woken while bargers take every release; it must still get the key    */
+/* within about the fairness bound.                                     */
+/* ------------------------------------------------------------------ */
+
+static __thread int tl_barge_in_window;	/* RELEASE_DISPATCH: take the key for the loop */
+static struct km_guard g_barged;
+static atomic_int g_barged_ok;
+
+static int barge_hook(int point, void *arg)
+{
+	(void)arg;
+	if (point == KM_HOOK_RELEASE_DISPATCH && tl_barge_in_window)
+		atomic_store(&g_barged_ok, km_trylock(H.km, "k", 1, &g_barged) == 0);
+	return 0;
+}
+
+struct head_waiter {
+	struct km *km;
+	atomic_int got;
+	uint64_t waited_ns;
+};
+
+static void *lock_head(void *arg)
+{
+	struct head_waiter *w = arg;
+	struct km_guard g;
+	uint64_t t0 = kt_now_ns();
+
+	if (km_lock(w->km, "k", 1, &g) == 0) {
+		w->waited_ns = kt_now_ns() - t0;
+		atomic_store(&w->got, 1);
+		(void)km_unlock(&g);
+	}
+	return NULL;
+}
+
+Test(races, parked_head_is_served_while_bargers_take_every_release)
+{
+	struct head_waiter w = { 0 };
+	struct km_guard g;
+	pthread_t t;
+	uint64_t limit = 500000000ull * (uint64_t)kt_time_scale(), t0;
+	long rounds = 0;
+	bool holding = true;
+
+	H.km = w.km = table(0, 0);
+	km__hook_set(barge_hook);
+	cr_assert_eq(km_lock(H.km, "k", 1, &g), 0);
+	cr_assert_eq(pthread_create(&t, NULL, lock_head, &w), 0);
+	cr_assert(kt_wait_waiters(H.km, 1, 10000));
+	/* Every release of this loop is barged into between its release CAS
+	 * and its dispatch (the hook takes the key for the next round), so
+	 * no dispatch ever finds the key free to wake the head with. */
+	tl_barge_in_window = 1;
+	t0 = kt_now_ns();
+	while (!atomic_load(&w.got) && kt_now_ns() - t0 < limit) {
+		atomic_store(&g_barged_ok, 0);
+		cr_assert_eq(km_unlock(&g), 0);
+		if (!atomic_load(&g_barged_ok)) {
+			/* The barge was refused: the head is being served. */
+			holding = false;
+			while (!atomic_load(&w.got) && kt_now_ns() - t0 < limit)
+				kt_sleep_us(100);
+			break;
+		}
+		g = g_barged;
+		rounds++;
+		kt_sleep_us(20);	/* hold it a little, as a real holder would */
+	}
+	tl_barge_in_window = 0;
+	bool served = atomic_load(&w.got) != 0;
+
+	if (holding)
+		cr_assert_eq(km_unlock(&g), 0);	/* let it through (then fail) */
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	cr_assert(served, "the parked head waited %.0f ms while %ld releases were barged into",
+		  limit / 1e6, rounds);
+	cr_log_info("head served after %.3f ms, %ld barged releases\n", w.waited_ns / 1e6, rounds);
+	cr_assert_eq(km_destroy(H.km), 0);
+}
