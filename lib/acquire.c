@@ -143,22 +143,37 @@ static inline uint16_t km_seen_tag(uint32_t k)
 	return (uint16_t)((k >> 16) | 1);
 }
 
+/*
+ * Will a release that leaves the word n (idle: it set IDLEQ) touch e or the
+ * table after its CAS? Then it must be inside a read-side section from
+ * before that CAS on: once our hold is gone, e may die and, after a grace
+ * period that does not wait for us, be reused. A release that leaves other
+ * holders, or an idle entry idle, or a woken head on its way, touches
+ * nothing afterwards and needs no section (review note 3 of the redesign).
+ */
+static inline bool km_release_follows(const struct km *km, uint64_t n, bool idle)
+{
+	return km_s_dead(n) || idle ||
+	       (km_s_waiters(n) != 0 &&
+		(!(n & KM_S_WAKING) || (n & KM_S_HANDOFF) || (km->flags & KM_FIFO)));
+}
+
 /* Drop one hold of e (see the file comment). */
 static void km_release(struct km *km, struct km_entry *e)
 {
 	struct km_done done;
 	uint16_t *seen = NULL, tag = 0;
-	bool admit = false, idle;
+	bool admit = false, idle, in_section = false;
 	uint64_t s, n;
 
-	km_done_init(&done);
-	km_rcu_read_lock();
 	s = km_load_relaxed(&e->state);
 #ifdef KM_SEED_BUG
 	/* TEST ONLY: the seed's bug, remove-then-release. The last holder takes
 	 * the entry out of the table before releasing it, so a thread that
 	 * already found it (and waits on it) will hold it while a newcomer
 	 * creates a fresh entry for the same key: two holders. */
+	km_rcu_read_lock();
+	in_section = true;
 	if (km_s_holders(s) == 1)
 		km_table_unlink(km, e);
 #endif
@@ -191,8 +206,17 @@ static void km_release(struct km *km, struct km_entry *e)
 				n = KM_S_DEAD;
 			}
 		}
+		/* Enter the section while our hold still pins e; a retry
+		 * that no longer needs it just stays inside. */
+		if (!in_section && km_release_follows(km, n, idle)) {
+			km_rcu_read_lock();
+			in_section = true;
+		}
 	} while (!km_cas_acq_rel(&e->state, &s, n));
 
+	if (!in_section)
+		return;		/* nothing follows: e is not touched again */
+	km_done_init(&done);
 	if (km_s_dead(n)) {
 		if (seen != NULL)
 			*seen = tag;		/* its first sighting: noted */

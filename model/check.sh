@@ -139,6 +139,7 @@ check_entry() {
 	verify "control: no grace period" fail "$EX" "-m2000000 -w22" -DNO_GP
 	verify "control: revive a dead entry" fail "$EX" "-m2000000 -w22" -DREVIVE_DEAD
 	verify "control: insert CAS on a stale head" fail "$EX" "-m2000000 -w22" -DSTALE_HEAD
+	verify "control: release outside any section" fail "$EX" "-m2000000 -w22" -DRELEASE_NO_SECTION
 	if [ $long = 1 ]; then
 		budget=${KM_MODEL_LONG_SECONDS:-900}
 		verify "3 clients (bitstate, not exhaustive)" pass "-DBITSTATE" "-m5000000 -w32 -k3" -DN=3

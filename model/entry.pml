@@ -48,6 +48,8 @@
  *   -DREVIVE_DEAD  the acquire CAS ignores DEAD (increments a dead entry)
  *   -DSTALE_HEAD   insert CASes against the current head, not the one the
  *                  walk started from
+ *   -DRELEASE_NO_SECTION  release never enters a read-side section (the
+ *                  kill's unlink and the ring push then race reclamation)
  *
  * SPDX-License-Identifier: MIT
  */
@@ -326,7 +328,6 @@ have:
 	unlink(e);
 #endif
 	atomic {
-		incs[p] = 1;
 		assert(hold[e] == 1 && !dead[e] && !retired[e]);
 		hold[e] = 0;
 		v = NIL;
@@ -338,7 +339,20 @@ have:
 			:: true -> dead[e] = 1; killed = 1	/* the same CAS that drops the last count */
 			fi
 		:: else -> killed = 0
+		fi;
+		/* The read-side section begins before this CAS (while the hold
+		 * pins e) iff something follows it that touches e or the
+		 * table: the kill's unlink, the ring push, a dispatch to
+		 * waiters. Otherwise the releaser lets go of e in the same
+		 * step (lib/acquire.c, km_release_follows). */
+#ifdef RELEASE_NO_SECTION
+		skip	/* control: never enters a section to release */
+#else
+		if
+		:: killed || v != NIL || wait[e] > 0 -> incs[p] = 1
+		:: else -> rent[p] = NIL; e = NIL
 		fi
+#endif
 	};
 	if
 	:: killed -> unlink(e); retired[e] = 1
@@ -347,7 +361,7 @@ have:
 	atomic { rent[p] = NIL; e = NIL; killed = 0 };
 	if
 	:: v != NIL ->
-		atomic { v = ring; ring = e };			/* xchg: the oldest is evicted */
+		atomic { cn = ring; ring = v; v = cn; cn = NIL };	/* xchg: the oldest is evicted */
 		if
 		:: v != NIL -> evict(v)
 		:: else -> skip
