@@ -231,11 +231,23 @@ KM_API int km_acquire_all(struct km *km, const struct km_key *keys, size_t n,
 /**
  * km_unlock_all - unlock n guards.
  *
- * Unlocks every guard that holds something and zeroes it. Returns 0, EINVAL
- * for NULL @guards with n > 0, or the first error km_unlock gave (EPERM for a
- * guard that held nothing); the other guards are still unlocked.
+ * km_unlock on each guard, last first: unlocks (and zeroes) every guard that
+ * km_unlock accepts. Returns 0, EINVAL for NULL @guards with n > 0, or the
+ * first error km_unlock gave (EPERM for a guard that held nothing or, on an
+ * owner table, for a hold the calling thread does not own: that guard is
+ * left as it was); the other guards are still unlocked. Any thread may call
+ * it.
  */
 KM_API int km_unlock_all(struct km_guard *guards, size_t n);
+
+/**
+ * km_unlock_all_owner - km_unlock_all on behalf of a named owner.
+ *
+ * As km_unlock_all, with km_unlock_owner(g, @owner) on each guard: for sets
+ * taken with an explicit opt->owner on a KM_RECURSIVE or KM_ERRORCHECK
+ * table, or released on another thread than the owner's.
+ */
+KM_API int km_unlock_all_owner(struct km_guard *guards, size_t n, const void *owner);
 
 /* ------------------------------------------------------------------ */
 /* Cancellation                                                        */

@@ -94,14 +94,16 @@ void km_guard_fill(struct km_guard *g, struct km *km, struct km_entry *e,
 
 /* A hold was just taken (at once or granted): record its owner, fill g.
  * Only the owner of an exclusive hold writes owner and recursion, while it
- * holds the key (relaxed: other owners only compare owner with themselves,
- * and the owner's own later reads follow in program order). */
+ * holds the key; other owners only compare owner with themselves. */
 void km_guard_held(struct km_guard *g, struct km *km, struct km_entry *e,
 		   unsigned wflags, const void *owner)
 {
 	if (owner != NULL && !(wflags & KM_WF_SHARED)) {
 		km_store_relaxed(&e->recursion, 0);
-		km_store_relaxed(&e->owner, owner);
+		/* Release: an owner that sees itself here (take.h, acquire
+		 * load) sees the reset count too, even when the grant ran on
+		 * another thread (an async request naming an owner). */
+		km_store_release(&e->owner, owner);
 	}
 	km_guard_fill(g, km, e, wflags, owner);
 }

@@ -84,17 +84,22 @@ out:
 	return rc;
 }
 
-int km_unlock_all(struct km_guard *guards, size_t n)
+int km_unlock_all_owner(struct km_guard *guards, size_t n, const void *owner)
 {
 	int first = 0;
 
 	if (n > 0 && guards == NULL)
 		return EINVAL;
 	for (size_t i = n; i > 0; i--) {
-		int r = km_unlock(&guards[i - 1]);
+		int r = km_unlock_owner(&guards[i - 1], owner);
 
 		if (r != 0 && first == 0)
 			first = r;
 	}
 	return first;
+}
+
+int km_unlock_all(struct km_guard *guards, size_t n)
+{
+	return km_unlock_all_owner(guards, n, NULL);
 }

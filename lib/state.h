@@ -13,7 +13,11 @@
  *                         that only a direct grant serves (async, shared),
  *                         or has waited past the fairness bound; releasers
  *                         grant to it directly. Recomputed from the new
- *                         head whenever the head changes (wait.c)
+ *                         head whenever the head changes (wait.c); an
+ *                         async or shared request sets it on joining even
+ *                         behind a sync head (conservative: that head is
+ *                         then granted directly too, until the next change
+ *                         of head)
  *   bit   43     IDLEQ    the entry sits in an idle ring: when HOLD and WAIT
  *                         drop to zero it stays in the table, idle, for
  *                         the next acquire of its key (one CAS), until the

@@ -33,7 +33,7 @@ km_take_now(struct km *km, uint32_t h, const void *key, size_t len, bool shared,
 		*ep = e;
 		if (inserted)
 			return 0;
-		if (owner != NULL && km_load_relaxed(&e->owner) == owner) {
+		if (owner != NULL && km_load_acquire(&e->owner) == owner) {
 			/* Only this owner stores itself here, and clears it
 			 * before releasing: it holds the key exclusively, and
 			 * only it may release that hold (km_unlock_owner), so

@@ -44,6 +44,10 @@ enum km_hook_point {
 	/* km_stats is between two stripes of its count of pooled entries;
 	 * arg: NULL. Inside a read-side section. */
 	KM_HOOK_POOL_COUNT = 8,
+	/* The timer thread fires a deadline; arg: the waiter (an async
+	 * request's priv). Under the timer's mutex: the hook must not call
+	 * km_ functions. */
+	KM_HOOK_TIMER_FIRE = 9,
 };
 
 typedef int km__hook_fn(int point, void *arg);

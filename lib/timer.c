@@ -141,6 +141,7 @@ static void *km_timer_main(void *arg)
 		struct km_done done;
 
 		km_heap_remove_at(0);
+		km_hook(KM_HOOK_TIMER_FIRE, w);
 		km_done_init(&done);
 		/* Under the timer lock, so w cannot complete (and vanish) while
 		 * we look at it; EALREADY if it was granted or cancelled. */

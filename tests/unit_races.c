@@ -65,6 +65,7 @@ static struct {
 	struct km_guard *nested;
 	int other_unlock_rc;
 	struct timespec deadline;	/* the timer case's request deadline */
+	atomic_int timer_fired;		/* the timer fired H.req's deadline */
 } H;
 
 static __thread int tl_pause_awake;	/* WAITER_AWAKE: stop here once */
@@ -238,6 +239,8 @@ static void count_ready(struct km_request *req, int status)
 
 static int timer_hook(int point, void *arg)
 {
+	if (point == KM_HOOK_TIMER_FIRE && H.req != NULL && arg == (void *)H.req->priv)
+		atomic_fetch_add(&H.timer_fired, 1);
 	if (point == KM_HOOK_ASYNC_LEFT && arg == H.req) {
 		struct queued_async *first = (struct queued_async *)H.nested;
 
@@ -289,6 +292,9 @@ Test(races, async_failed_request_leaves_the_timer_inside_its_section)
 	km__hook_set(timer_hook);
 	cr_assert_eq(km_acquire_async(H.km, key, sizeof key, &lo, &req), EAGAIN);
 	cr_assert_eq(atomic_load(&H.fired), 1);
+	cr_assert_eq(atomic_load(&H.timer_fired), 0,
+		     "the timer fired the deadline of a request that had failed and left "
+		     "its read-side section (its entry was freed by then)");
 	cr_assert_eq(atomic_load(&first.calls), 1);
 	cr_assert_eq(first.status, ECANCELED);
 	cr_assert_eq(km_destroy(H.km), 0);
@@ -793,7 +799,7 @@ Test(races, reclaim_rounds_never_overlap)
 	 *    batch, until the library tries to start a thread for it.) */
 	H.fail_create = 1;
 	while (atomic_load(&H.create_calls) == 0) {
-		kt_sleep_us(150000);
+		kt_sleep_us(150000 * kt_time_scale());
 		churn_keys(t1, rounds % 2 ? "a" : "b", 64);	/* one full batch */
 		cr_assert(++rounds < 100, "the reclaimer never went idle");
 	}
@@ -808,7 +814,7 @@ Test(races, reclaim_rounds_never_overlap)
 	/* 4. t1's destroy must wait for t1's batch, which the paused round
 	 *    still holds: the reclaimer's later round must not answer for it. */
 	cr_assert_eq(pthread_create(&td, NULL, destroy_table_thread, &d), 0);
-	kt_sleep_us(200000);
+	kt_sleep_us(200000 * kt_time_scale());
 	int early = atomic_load(&d.done);
 
 	sem_post(&H.resume);

@@ -591,6 +591,30 @@ static void *ctx_thread_c(void *p)
 	return NULL;
 }
 
+/* A set taken for an explicit owner on an owner table is released by naming
+ * that owner: km_unlock_all (the calling thread) gives EPERM and changes
+ * nothing, km_unlock_all_owner releases it (issue 11 review). */
+Test(modes_owner, unlock_all_owner_releases_a_context_set)
+{
+	for (unsigned f = 0; f < 2; f++) {
+		struct km *km = mk(f ? KM_ERRORCHECK : KM_RECURSIVE, 0);
+		int ctx;
+		struct km_lock_options o = { .owner = &ctx };
+		struct km_key keys[2] = { { "a", 1 }, { "b", 1 } };
+		struct km_guard g[2];
+
+		cr_assert_eq(km_acquire_all(km, keys, 2, &o, g), 0);
+		cr_assert_eq(km_unlock_all(g, 2), EPERM);
+		cr_assert(!kt_guard_zero(&g[0]) && !kt_guard_zero(&g[1]));
+		cr_assert_eq(kt_stats(km).holders, 2, "a refused unlock released a key");
+		cr_assert_eq(km_unlock_all_owner(g, 2, &ctx), 0);
+		cr_assert(kt_guard_zero(&g[0]) && kt_guard_zero(&g[1]));
+		cr_assert_eq(kt_stats(km).keys, 0);
+		cr_assert_eq(km_unlock_all_owner(NULL, 1, &ctx), EINVAL);
+		destroy(km);
+	}
+}
+
 Test(modes_owner, recursive_owner_context_moves)
 {
 	struct ctx_move m;
