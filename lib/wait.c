@@ -477,6 +477,9 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 					goto out_unlock;
 				}
 			}
+			/* An overdue head may have been woken while it spun
+			 * outside the qlock: then WAKING is its to clear too. */
+			woken = (km_load_relaxed(&w.flags) & KM_WF_WOKEN) != 0;
 			__atomic_fetch_and(&w.flags, (uint16_t)~KM_WF_WOKEN, __ATOMIC_RELAXED);
 			s = km_load_relaxed(&e->state);
 			/* Retry as the head: take the key if free, else ask for a
