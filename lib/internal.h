@@ -5,8 +5,9 @@
  *   state.h    the entry's state word and the grant rules
  *   atomic.h   the few atomic operations used, spelled as GCC __atomic builtins
  *   rcu.h      read-side sections and reclamation annotations
- *   hash.c     keyed SipHash-1-3
- *   table.c    the sharded lock-free table: find-or-insert, unlink
+ *   hash.h     the keyed multiply-mix hash (hash.c: its secrets)
+ *   table.h    the table's inline lookup (bucket, key compare, chain walk)
+ *   table.c    the sharded lock-free table: find-or-insert, unlink, walks
  *   pool.c     entry allocation, the bounded pool, idle rings, retirement in batches
  *   reclaim.c  the reclaimer thread: grace periods, then pool or free
  *   wait.c     the per-key wait queue: enqueue, dispatch (grant/wake), park
@@ -161,13 +162,16 @@ struct km {
 #define KM_OWNER_FLAGS (KM_RECURSIVE | KM_ERRORCHECK)
 
 /* hash.c */
-KM_HIDDEN uint32_t km_hash(const struct km *km, const void *key, size_t len);
+#include "hash.h"		/* km_hash, inline */
 KM_HIDDEN void km_random_seed(uint64_t seed[4]);
 
 /* table.c */
-KM_HIDDEN struct km_entry *km_table_find_or_insert(struct km *km, uint32_t h,
-						   const void *key, size_t len,
-						   uint64_t born, bool *inserted);
+/* Insert-if-absent after a walk from head found no live entry of the key
+ * (table.h): returns the fresh entry (*inserted) or the live one another
+ * thread inserted meanwhile; NULL without memory. */
+KM_HIDDEN struct km_entry *km_table_insert(struct km *km, uint32_t h,
+					   const void *key, size_t len, uint64_t born,
+					   uintptr_t head, bool *inserted);
 KM_HIDDEN void km_table_unlink(struct km *km, struct km_entry *e);
 typedef int km_walk_fn(struct km_entry *e, uint64_t state, void *arg);
 KM_HIDDEN int km_table_walk(struct km *km, km_walk_fn *fn, void *arg);
@@ -192,7 +196,25 @@ KM_HIDDEN void km_reclaim_batch(struct km_entry *batch);
 KM_HIDDEN void km_reclaim_enqueue(struct km_entry *batch);
 KM_HIDDEN void km_reclaim_wait(void);
 KM_HIDDEN void km_global_init(void);
-KM_HIDDEN struct km_stripe *km_my_stripe(struct km *km);
+/* The calling thread's stripe: a slot number drawn once per thread (pool.c),
+ * inline because every acquire counts itself there. */
+extern KM_HIDDEN __thread unsigned km_tls_slot
+	__attribute__((tls_model("initial-exec")));	/* slot + 1; 0 = none yet */
+KM_HIDDEN unsigned km_slot_draw(void);
+
+static inline unsigned km_slot(void)
+{
+	unsigned s = km_tls_slot;
+
+	if (km_unlikely(s == 0))
+		s = km_slot_draw();
+	return (s - 1) & (KM_STRIPES - 1);
+}
+
+static inline struct km_stripe *km_my_stripe(struct km *km)
+{
+	return &km->stripes[km_slot()];
+}
 KM_HIDDEN void *km_malloc(size_t size);
 
 /* wait.c */

@@ -30,24 +30,17 @@
 #include <stdlib.h>
 
 static unsigned km_next_slot;			/* slot numbers handed out so far */
-static __thread unsigned km_tls_slot __attribute__((tls_model("initial-exec")));		/* this thread's slot + 1; 0 = none yet */
+__thread unsigned km_tls_slot __attribute__((tls_model("initial-exec")));
 
-static inline unsigned km_slot(void)
+/* The calling thread's first slot: drawn once, never 0 (internal.h). */
+unsigned km_slot_draw(void)
 {
-	unsigned s = km_tls_slot;
+	unsigned s = __atomic_add_fetch(&km_next_slot, 1, __ATOMIC_RELAXED);
 
-	if (km_unlikely(s == 0)) {
+	if (s == 0)		/* wrapped after 2^32 threads */
 		s = __atomic_add_fetch(&km_next_slot, 1, __ATOMIC_RELAXED);
-		if (s == 0)		/* wrapped after 2^32 threads */
-			s = __atomic_add_fetch(&km_next_slot, 1, __ATOMIC_RELAXED);
-		km_tls_slot = s;
-	}
-	return (s - 1) & (KM_STRIPES - 1);
-}
-
-struct km_stripe *km_my_stripe(struct km *km)
-{
-	return &km->stripes[km_slot()];
+	km_tls_slot = s;
+	return s;
 }
 
 void *km_malloc(size_t size)

@@ -9,6 +9,7 @@
 #define KM_TAKE_H
 
 #include "internal.h"
+#include "table.h"
 
 /*
  * The front of every acquire, sync or async, inside a read-side section:
@@ -25,11 +26,15 @@ km_take_now(struct km *km, uint32_t h, const void *key, size_t len, bool shared,
 
 	*nested = false;
 	for (;;) {		/* once more per dead entry met: never revive one */
-		bool inserted;
-		struct km_entry *e = km_table_find_or_insert(km, h, key, len, born, &inserted);
+		bool inserted = false;
+		uintptr_t head;
+		struct km_entry *e = km_table_find(km, h, key, len, &head);
 
-		if (e == NULL)
-			return ENOMEM;
+		if (e == NULL) {	/* a new key (or a race with its death) */
+			e = km_table_insert(km, h, key, len, born, head, &inserted);
+			if (e == NULL)
+				return ENOMEM;
+		}
 		*ep = e;
 		if (inserted)
 			return 0;
