@@ -132,6 +132,14 @@ static void km_release(struct km *km, struct km_entry *e)
 	do {
 		n = km_s_put(s);
 		idle = false;
+		/* Phase-fair: an exclusive hold ends while requests wait and a
+		 * queued shared request may be among them (it keeps HANDOFF
+		 * set): the readers queued now are owed the key before anything
+		 * else. We dispatch below (HANDOFF), or whoever takes the qlock
+		 * first does. */
+		if ((s & KM_S_X) && km_s_waiters(n) != 0 && (n & KM_S_HANDOFF) &&
+		    km_phase_fair(km))
+			n |= KM_S_RPEND;
 		if (km_s_unused(n) && !(n & KM_S_IDLEQ)) {
 			if (idle_cap != 0) {
 				n |= KM_S_IDLEQ;	/* keep it, idle, for its key */
