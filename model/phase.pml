@@ -345,3 +345,5 @@ init {
 ltl r0_live { [] (want[0] -> <> got[0]) }
 ltl r1_live { [] (want[1] -> <> got[1]) }
 ltl w2_live { [] (want[2] -> <> got[2]) }
+/* Both at once, one search (what check-phase.sh runs). */
+ltl both_live { [] (want[0] -> <> got[0]) && [] (want[2] -> <> got[2]) }
