@@ -57,7 +57,8 @@ struct km_done;
  * section, even after it died and was unlinked, so fields read without a
  * reference (next, state, hash, len, key, owner, qlock) keep their meaning
  * until the grace period ends. Fields only touched after death (link,
- * depth, batch_next, and qtail once WAIT is 0) are never read by such readers.
+ * depth, batch_next, and qtail once WAIT is 0) are never read by such readers;
+ * qshared, batch_next's twin, is set at birth, then touched only under the qlock.
  */
 struct km_entry {
 	uintptr_t next;			/* bucket chain; bit 0: logically deleted (Harris) */
