@@ -63,7 +63,8 @@ struct km_token;	/* cancellation token */
 struct km_port;		/* completion port for asynchronous acquires */
 
 /* Table flags (km_options.flags). */
-#define KM_FIFO       0x1u	/* hand the key to waiters strictly in arrival order (no barging) */
+#define KM_FIFO       0x1u	/* hand the key to waiters strictly in arrival order (no barging;
+				   shared mode: the Web Locks rule instead of phase-fair) */
 #define KM_RECURSIVE  0x2u	/* an owner may re-acquire a key it holds exclusively; unlock as often */
 #define KM_ERRORCHECK 0x4u	/* self re-acquire -> EDEADLK; unlock by another owner -> EPERM */
 
@@ -118,7 +119,27 @@ struct km_guard {
 
 #define KM_GUARD_INIT { { 0, 0, 0, 0 } }
 
-/* Acquire flags (km_lock_options.flags). */
+/*
+ * Acquire flags (km_lock_options.flags).
+ *
+ * KM_SHARED: shared (read) mode, mutex tables only (max_holders 0 or 1):
+ * any number of shared holders, or one exclusive holder. The grant rule is
+ * phase-fair by default:
+ *  - a shared request is granted at once while only shared holders hold the
+ *    key and no request waits on it (one CAS, no lock); otherwise it queues,
+ *    so readers arriving while an exclusive request waits queue behind it;
+ *  - when an exclusive holder leaves, every shared request waiting at that
+ *    moment is granted together, also those queued behind the next
+ *    exclusive request; that exclusive request goes next, once they left;
+ *  - while a shared request waits, exclusive newcomers do not barge.
+ * A reader waits for at most one writer phase; a writer for at most one
+ * reader phase plus the writers ahead of it (and, between writers, the
+ * barging allowed without KM_FIFO, bounded by the hand-off after ~1 ms).
+ * Neither mode starves. On KM_FIFO tables the queue is served strictly in
+ * order (the Web Locks rule): a shared request is granted only with no
+ * exclusive request waiting ahead of it, together with the shared requests
+ * queued right behind it.
+ */
 #define KM_SHARED 0x1u	/* shared (read) mode: any number of shared holders, no exclusive one */
 #define KM_TRY    0x2u	/* do not wait: EBUSY if the key cannot be had at once */
 

@@ -188,6 +188,14 @@ static void km_release(struct km *km, struct km_entry *e)
 	do {
 		n = km_s_put(s);
 		idle = false;
+		/* Phase-fair: an exclusive hold ends while requests wait and a
+		 * queued shared request may be among them (it keeps HANDOFF
+		 * set): the readers queued now are owed the key before anything
+		 * else. We dispatch below (HANDOFF), or whoever takes the qlock
+		 * first does. */
+		if ((s & KM_S_X) && km_s_waiters(n) != 0 && (n & KM_S_HANDOFF) &&
+		    km_phase_fair(km))
+			n |= KM_S_RPEND;
 		if (km_s_unused(n) && !(n & KM_S_IDLEQ)) {
 			if (seen == NULL && km->idle_limit != 0) {
 				/* Kept idle only on its second sighting
@@ -226,8 +234,7 @@ static void km_release(struct km *km, struct km_entry *e)
 	} else if (idle) {
 		if (!km_idle_push(km, e))
 			km_idle_evict(km, e);	/* no ring memory: do not keep it */
-	} else if (km_s_waiters(n) != 0 &&
-		   (!(n & KM_S_WAKING) || (n & KM_S_HANDOFF) || (km->flags & KM_FIFO))) {
+	} else if (km_release_follows(km, n, false)) {	/* waiters to serve */
 		km_hook(KM_HOOK_RELEASE_DISPATCH, NULL);
 		km_qlock(e);
 		km_dispatch(km, e, &done);

@@ -315,6 +315,8 @@ retry:
 		 * barging newcomers out until this one is (see km_dispatch). */
 		if (km_cas_acquire(&e->state, &s, (s + KM_S_WAIT1) | KM_S_HANDOFF)) {
 			km_queue_append(e, w);
+			if (shared)
+				e->qshared++;
 			km_store_release(&w->status, (uint32_t)KM_W_QUEUED);
 			rc = EINPROGRESS;
 			break;

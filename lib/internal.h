@@ -58,7 +58,8 @@ struct km_done;
  * section, even after it died and was unlinked, so fields read without a
  * reference (next, state, hash, len, key, owner, qlock) keep their meaning
  * until the grace period ends. Fields only touched after death (link,
- * depth, batch_next, and qtail once WAIT is 0) are never read by such readers.
+ * depth, batch_next, and qtail once WAIT is 0) are never read by such readers;
+ * qshared, batch_next's twin, is set at birth, then touched only under the qlock.
  */
 struct km_entry {
 	uintptr_t next;			/* bucket chain; bit 0: logically deleted (Harris) */
@@ -78,7 +79,11 @@ struct km_entry {
 	};
 	const void *owner;		/* exclusive owner (owner tables), else NULL */
 	struct km_entry *link;		/* pool / retire stack link */
-	struct km_entry *batch_next;	/* batch head only: the next queued batch */
+	union {
+		struct km_entry *batch_next; /* batch head only (dead): the next queued batch */
+		uint32_t qshared;	/* live: shared requests in the queue; under the
+					   qlock, 0 whenever WAIT is 0, set at birth */
+	};
 	unsigned char key[];		/* len bytes */
 };
 
@@ -243,7 +248,7 @@ KM_HIDDEN bool km_deadline_passed(const struct timespec *deadline);
  * futex word set, so its node is not touched after the qlock is dropped) and
  * completions of async requests (whose nodes live until ready() ran).
  */
-#define KM_DONE_WAKES 16
+#define KM_DONE_WAKES 64		/* a phase's readers: wakes after the qlock */
 struct km_done {
 	struct km_waiter *async_first;	/* singly linked through ->next */
 	struct km_waiter **async_tail;
@@ -259,7 +264,6 @@ static inline void km_done_init(struct km_done *d)
 KM_HIDDEN void km_done_deliver(struct km_done *d);
 KM_HIDDEN void km_done_async(struct km_done *d, struct km_waiter *w);
 
-/* May a newcomer take the key now, given the waiters queued ahead of it? */
 _Static_assert(KM_MAX_WAITERS <= (KM_S_WAIT_MASK >> KM_S_WAIT_SHIFT),
 	       "the state word's WAIT field must hold KM_MAX_WAITERS");
 
@@ -270,6 +274,30 @@ static inline unsigned km_waiter_limit(const struct km *km)
 	return km->max_waiters != 0 ? km->max_waiters : KM_MAX_WAITERS;
 }
 
+/*
+ * Phase-fair shared mode (mutex tables without KM_FIFO): when an exclusive
+ * hold ends, every queued shared request is granted together (RPEND), then
+ * the next exclusive request; shared newcomers queue while any request
+ * waits. KM_FIFO mutex tables keep strict queue order (Web Locks); keyed
+ * semaphores have no shared mode.
+ */
+static inline bool km_phase_fair(const struct km *km)
+{
+	return km->max_holders == 1 && !(km->flags & KM_FIFO);
+}
+
+/*
+ * May a newcomer take the key now, given the waiters queued ahead of it?
+ * Shared: only with nobody queued. On a phase-fair table a queue under a
+ * shared hold holds an exclusive request (queued readers are granted as soon
+ * as no exclusive request is ahead of them and no exclusive hold exists, and
+ * at the end of every exclusive hold), so "nobody queued" is "no writer
+ * waits", up to the instant between a grantable state and its dispatch: the
+ * reader fast path is this test and one CAS, no qlock. Exclusive, without
+ * KM_FIFO: barge unless the head must be served directly (HANDOFF, which a
+ * queued shared request keeps set on phase-fair tables) or a writer phase's
+ * readers are owed the key (RPEND).
+ */
 static inline bool km_may_barge(const struct km *km, uint64_t s, bool shared)
 {
 	if (!km_s_compatible(s, shared, km->max_holders))
@@ -278,7 +306,7 @@ static inline bool km_may_barge(const struct km *km, uint64_t s, bool shared)
 		return true;
 	if (shared || (km->flags & KM_FIFO))
 		return false;		/* shared: never ahead of a queued request */
-	return !(s & KM_S_HANDOFF);
+	return !(s & (KM_S_HANDOFF | KM_S_RPEND));
 }
 
 /* acquire.c */

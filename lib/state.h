@@ -26,6 +26,14 @@
  *                         sighting: its releasing thread killed an entry
  *                         of the key recently (acquire.c, km_release); a
  *                         first release kills, as without idle entries
+ *   bit   44     RPEND    phase-fair tables only (mutex, no KM_FIFO): an
+ *                         exclusive hold ended while shared requests may
+ *                         wait (set with HANDOFF, which any queued shared
+ *                         request keeps set there); the next dispatch
+ *                         grants every queued shared request, wherever it
+ *                         queues, before anything else, and clears it.
+ *                         Until then nobody else may take the key: newcomers
+ *                         do not barge, a woken head does not retry (wait.c)
  *   bit   63     DEAD     set in the CAS that leaves HOLD == WAIT == 0; a
  *                         dead entry is never revived (lookups skip it and
  *                         insert a fresh entry), it is unlinked and reclaimed
@@ -56,6 +64,7 @@
 #define KM_S_WAKING	(UINT64_C(1) << 41)
 #define KM_S_HANDOFF	(UINT64_C(1) << 42)
 #define KM_S_IDLEQ	(UINT64_C(1) << 43)
+#define KM_S_RPEND	(UINT64_C(1) << 44)
 #define KM_S_DEAD	(UINT64_C(1) << 63)
 
 static inline unsigned km_s_holders(uint64_t s)

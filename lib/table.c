@@ -45,6 +45,7 @@ struct km_entry *km_table_insert(struct km *km, uint32_t h, const void *key,
 			km_store_relaxed(&fresh->recursion, 0);	/* atomic everywhere (acquire.c) */
 			fresh->qlock = 0;
 			fresh->qtail = NULL;
+			fresh->qshared = 0;	/* batch_next's union: stale after reuse */
 			fresh->state = born;
 		}
 		fresh->next = head;

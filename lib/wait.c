@@ -17,7 +17,19 @@
  *  - direct grant (KM_FIFO, HANDOFF, async requests, shared requests): the
  *    releaser (or whoever made the key grantable) takes the hold on the head's
  *    behalf in the state word and dequeues it; a run of shared heads is
- *    granted at once. One waiter (or one shared run) per release: no herd.
+ *    granted at once, in one CAS. One waiter (or one shared set) per
+ *    release: no herd.
+ *
+ * Shared requests on a mutex table without KM_FIFO are phase-fair: when an
+ * exclusive hold ends (RPEND, set by its release), every shared request
+ * queued at that moment is granted together, in one CAS and one pass over
+ * the queue, also those queued behind exclusive requests; then the next
+ * exclusive request goes, when those readers have left. Shared newcomers
+ * queue behind any waiting request, and while a shared request is queued
+ * (HANDOFF) exclusive newcomers do not barge. So a reader waits for at most
+ * one writer phase and a writer for at most one reader phase plus the
+ * writers ahead of it. KM_FIFO tables keep strict queue order: a shared run
+ * at the head, up to the next exclusive request (the Web Locks rule).
  *
  * SPDX-License-Identifier: MIT
  */
@@ -246,18 +258,27 @@ void km_done_deliver(struct km_done *d)
 }
 
 /*
- * The HANDOFF bit a queue headed by head (NULL: empty) calls for. A head
- * that only a direct grant serves (async: no thread to retry; shared: never
- * barges) keeps newcomers out for as long as it heads the queue, or a
- * barger could take every gap between a release and its dispatch and starve
- * it. Every change of head recomputes the bit from the new head; an
- * exclusive sync head sets it itself once past the fairness bound.
+ * The HANDOFF bit a queue headed by head (NULL: empty) calls for, with
+ * qshared shared requests queued. A head that only a direct grant serves
+ * (async: no thread to retry; shared: never barges) keeps newcomers out for
+ * as long as it heads the queue, or a barger could take every gap between a
+ * release and its dispatch and starve it. On a phase-fair table any queued
+ * shared request does too: a barging writer would add a writer phase to its
+ * wait (and, at a reader phase's end, pass the writer queued ahead of those
+ * readers). Every change of head recomputes the bit from the new head; an
+ * exclusive sync head sets it itself once past the fairness bound. A shared
+ * request leaving from behind the head leaves the bit as it is (a starving
+ * head's bit must survive): at worst newcomers keep out until the next
+ * change of head.
  */
-static uint64_t km_handoff_for(const struct km_waiter *head)
+static uint64_t km_handoff_for(const struct km *km, const struct km_waiter *head,
+			       uint32_t qshared)
 {
 	if (head == NULL)
 		return 0;
-	return (km_load_relaxed(&head->flags) & (KM_WF_ASYNC | KM_WF_SHARED)) ? KM_S_HANDOFF : 0;
+	if (km_load_relaxed(&head->flags) & (KM_WF_ASYNC | KM_WF_SHARED))
+		return KM_S_HANDOFF;
+	return qshared != 0 && km_phase_fair(km) ? KM_S_HANDOFF : 0;
 }
 
 /* The queue's head once w (queued) has left it; under the qlock. */
@@ -270,8 +291,89 @@ static struct km_waiter *km_head_without(const struct km_entry *e, const struct 
 	return w->next != w ? w->next : NULL;
 }
 
+/*
+ * Grant queued shared requests, all in one CAS, then take them out of the
+ * queue in one pass; under the qlock, with WAIT > 0. all: every shared
+ * request in the queue, wherever it queues (a writer phase ended: RPEND,
+ * cleared in the same CAS); else the run of shared requests at the head (a
+ * shared head on a KM_FIFO table, or behind an exclusive request that left).
+ * s: the word as last read. Returns false if nothing changed (the key is
+ * held exclusively, or the run is empty).
+ *
+ * Holders can only fall while we hold the qlock with waiters queued (shared
+ * newcomers do not barge past a queue, nobody else grants), so the room in
+ * HOLD read once bounds the count; a set larger than HOLD can count (1M - 1
+ * holders) is granted in queue order up to it, and RPEND stays set for the
+ * rest, served by the dispatch of a later release.
+ */
+static bool km_grant_shared(struct km *km, struct km_entry *e, uint64_t s, bool all,
+			    struct km_done *done)
+{
+	struct km_waiter *head = e->qtail->next, *w = head, *rest = NULL;
+	uint32_t room, k = 0;
+	uint64_t n;
+
+	if (s & KM_S_X)
+		return false;
+	room = KM_S_HOLD_MASK - km_s_holders(s);
+	/* The grantees: all, the first qshared shared requests in queue order
+	 * (every one, but for the HOLD bound); else the run at the head. The
+	 * first waiter left after them becomes the head: found by a walk that
+	 * stops there (all: the count is qshared, not walked). */
+	uint32_t want = all && e->qshared < room ? e->qshared : room;
+
+	do {
+		if (!(w->flags & KM_WF_SHARED) || k == want) {
+			rest = w;
+			break;
+		}
+		k++;
+		w = w->next;
+	} while (w != head);
+	if (all)
+		k = want;
+	/* all with no grantee still clears RPEND (none left to serve). */
+	if (k == 0 && !(all && (s & KM_S_RPEND) && e->qshared == 0))
+		return false;
+	/* Retries when a holder left or a barger's failed take left the word
+	 * changed; nobody else can grant or queue (we hold the qlock) and
+	 * nobody takes the key past RPEND or a queue (km_may_barge). */
+	do {
+		if (s & KM_S_X)		/* cannot happen; never grant beside one */
+			return false;
+		n = s + (uint64_t)k * KM_S_HOLD1 - (uint64_t)k * KM_S_WAIT1;
+		if (all && k == e->qshared)	/* else the next dispatch goes on */
+			n &= ~KM_S_RPEND;
+		/* A new head decides whether newcomers keep out; an unchanged
+		 * (exclusive) head keeps its bit, which may be its own,
+		 * earned past the fairness bound. */
+		if (rest != head)
+			n = (n & ~KM_S_HANDOFF) | km_handoff_for(km, rest, e->qshared - k);
+		if (km_s_waiters(n) == 0)
+			n &= ~(KM_S_HANDOFF | KM_S_WAKING);
+	} while (!km_cas_acq_rel(&e->state, &s, n));
+	/* One pass: each grantee leaves the queue, its grant goes into done
+	 * (the futex word set now, the syscall only for a sleeper, after the
+	 * qlock; an async completion after every lock). */
+	w = head;
+	for (uint32_t left = k; left > 0;) {
+		struct km_waiter *next = w->next;
+
+		if (w->flags & KM_WF_SHARED) {
+			km_queue_remove(e, w);
+			km_done_grant(done, w);
+			left--;
+		}
+		w = next;
+	}
+	e->qshared -= k;
+	return true;
+}
+
 void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 {
+	bool pf = km_phase_fair(km);
+
 	for (;;) {
 		uint64_t s = km_load_acquire(&e->state);
 
@@ -279,15 +381,31 @@ void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 		if (km_s_dead(s) || km_s_waiters(s) == 0)
 			return;
 		struct km_waiter *w = e->qtail->next;
-		bool shared = (w->flags & KM_WF_SHARED) != 0;
 		bool granted = false;
 
-		/* Retries when a holder, a barger or a sharer changed the word. */
-		for (;;) {
-			if (!km_s_compatible(s, shared, km->max_holders))
+		/* Phase-fair: a writer phase ended; its readers go first, all of
+		 * them, also those queued behind the next writer. */
+		if (pf && (s & KM_S_RPEND)) {
+			if (!km_grant_shared(km, e, s, true, done))
 				return;
+			continue;
+		}
+		if (w->flags & KM_WF_SHARED) {
+			if (!km_s_compatible(s, true, km->max_holders) ||
+			    !km_grant_shared(km, e, s, false, done))
+				return;
+			continue;
+		}
+
+		/* An exclusive head. Retries when a holder, a barger or a
+		 * sharer changed the word. */
+		for (;;) {
+			if (!km_s_compatible(s, false, km->max_holders))
+				return;
+			if (pf && (s & KM_S_RPEND))
+				break;	/* a writer phase ended meanwhile: readers first */
 			bool direct = (km->flags & KM_FIFO) || (s & KM_S_HANDOFF) ||
-				      (w->flags & (KM_WF_ASYNC | KM_WF_SHARED));
+				      (w->flags & KM_WF_ASYNC);
 
 			if (!direct) {
 				if (s & KM_S_WAKING)
@@ -299,10 +417,11 @@ void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 				}
 				continue;
 			}
-			uint64_t n = km_s_take(s, shared, km->max_holders) - KM_S_WAIT1;
+			uint64_t n = km_s_take(s, false, km->max_holders) - KM_S_WAIT1;
 
 			/* The next head decides whether newcomers keep out. */
-			n = (n & ~KM_S_HANDOFF) | km_handoff_for(km_head_without(e, w));
+			n = (n & ~KM_S_HANDOFF) |
+			    km_handoff_for(km, km_head_without(e, w), e->qshared);
 			/* A head woken to retry and granted before it did: its
 			 * wake is spent, so the word must stop saying one is on
 			 * its way (else releasers would never wake the next). */
@@ -314,7 +433,7 @@ void km_dispatch(struct km *km, struct km_entry *e, struct km_done *done)
 			}
 		}
 		if (!granted)
-			return;
+			continue;	/* RPEND: back to the top */
 		__atomic_fetch_and(&w->flags, (uint16_t)~KM_WF_WOKEN, __ATOMIC_RELAXED);
 		km_queue_remove(e, w);
 		km_done_grant(done, w);
@@ -332,7 +451,10 @@ bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
 {
 	uint64_t s = km_load_relaxed(&e->state), n;
 	bool was_head = e->qtail->next == w;
-	uint64_t handoff = km_handoff_for(km_head_without(e, w));
+
+	if (w->flags & KM_WF_SHARED)
+		e->qshared--;
+	uint64_t handoff = km_handoff_for(km, km_head_without(e, w), e->qshared);
 
 	km_queue_remove(e, w);
 	/* Retries when holders or bargers changed the word. */
@@ -343,7 +465,7 @@ bool km_leave_queue(struct km *km, struct km_entry *e, struct km_waiter *w,
 		if (was_head)		/* a new head decides whether newcomers keep out */
 			n = (n & ~KM_S_HANDOFF) | handoff;
 		if (km_s_waiters(n) == 0)
-			n &= ~(KM_S_HANDOFF | KM_S_WAKING);
+			n &= ~(KM_S_HANDOFF | KM_S_WAKING | KM_S_RPEND);
 		if (km_s_unused(n) && !(n & KM_S_IDLEQ))
 			n = KM_S_DEAD;	/* an idle-ring entry waits for its eviction */
 	} while (!km_cas_acq_rel(&e->state, &s, n));
@@ -411,6 +533,8 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			break;
 	}
 	km_queue_append(e, &w);
+	if (shared)
+		e->qshared++;
 	head = e->qtail->next == &w;
 	km_qunlock(e);
 	km_rcu_read_unlock();
@@ -485,12 +609,15 @@ int km_wait_sync(struct km *km, struct km_entry *e, unsigned wflags,
 			/* Retry as the head: take the key if free, else ask for a
 			 * direct hand-off once past the fairness bound. Retries
 			 * when a barger or a release changed the word. */
-			uint64_t handoff = km_handoff_for(km_head_without(e, &w));
+			uint64_t handoff = km_handoff_for(km, km_head_without(e, &w), e->qshared);
 
 			do {
 				/* WAKING is ours to clear only if we were woken. */
 				n = woken ? s & ~KM_S_WAKING : s;
-				take = km_s_compatible(s, shared, km->max_holders);
+				/* Not past RPEND: a writer phase's readers go
+				 * first (their dispatch is pending). */
+				take = km_s_compatible(s, shared, km->max_holders) &&
+				       !(s & KM_S_RPEND);
 				if (take)	/* the next head decides on HANDOFF */
 					n = ((km_s_take(n, shared, km->max_holders) - KM_S_WAIT1) &
 					     ~KM_S_HANDOFF) | handoff;

@@ -433,6 +433,334 @@ Test(modes_shared, unknown_lock_flags_einval)
 /* Owners: KM_RECURSIVE, KM_ERRORCHECK                                 */
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* Phase-fair shared mode (issue 13)                                   */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Queue order is set up deterministically: each request is started only once
+ * the one before it shows in km_stats().waiters. "Entered" is checked after a
+ * short settle where a request must NOT be granted (a wrong grant happens in
+ * the releaser's dispatch, before km_unlock returns, so the settle only
+ * covers the granted thread's wake-up).
+ */
+TestSuite(modes_phase, .timeout = 30);
+
+/* Start a holder and wait until it is queued as the n-th waiter. */
+static void phase_queue(struct hold *h, struct km *km, unsigned flags, size_t n,
+			atomic_int *meet, int meet_n)
+{
+	memset(h, 0, sizeof *h);
+	h->km = km;
+	h->key = "k";
+	h->opt.flags = flags;
+	h->meet = meet;
+	h->meet_n = meet_n;
+	h->rc = -1;
+	cr_assert_eq(pthread_create(&h->th, NULL, hold_main, h), 0);
+	cr_assert(kt_wait_waiters(km, n, 5000), "request %zu never queued", n);
+}
+
+static bool phase_not_entered(struct hold *h)
+{
+	kt_sleep_us(20000);
+	return atomic_load(&h->entered) == 0;
+}
+
+/* Readers of one phase overlap: the readers queued when a writer leaves,
+ * also those queued behind the next writer, are all in at once, and that
+ * writer waits for them. Old rule: only the reader ahead of the writer. */
+Test(modes_phase, phase_readers_overlap)
+{
+	struct km *km = mk(0, 0);
+	struct km_guard x;
+	static struct hold r1, w1, r2, r3;
+	static atomic_int meet;
+
+	atomic_store(&meet, 0);
+	cr_assert_eq(km_lock(km, KEY("k"), &x), 0);
+	phase_queue(&r1, km, KM_SHARED, 1, &meet, 3);
+	phase_queue(&w1, km, 0, 2, NULL, 0);
+	phase_queue(&r2, km, KM_SHARED, 3, &meet, 3);
+	phase_queue(&r3, km, KM_SHARED, 4, &meet, 3);
+	cr_assert_eq(km_unlock(&x), 0);
+	cr_assert(wait_entered(&r1, 5000), "reader ahead of the writer not granted");
+	cr_assert(wait_entered(&r2, 2000), "reader behind the writer not granted with the phase");
+	cr_assert(wait_entered(&r3, 2000), "reader behind the writer not granted with the phase");
+	struct km_stats st = kt_stats(km);
+	cr_assert_eq(st.holders, 3, "the phase's readers do not hold together");
+	cr_assert_eq(st.waiters, 1, "only the writer waits");
+	cr_assert(phase_not_entered(&w1), "writer granted beside the readers");
+	hold_release(&r1);
+	hold_release(&r2);
+	cr_assert(phase_not_entered(&w1), "writer granted beside a reader");
+	hold_release(&r3);
+	cr_assert(wait_entered(&w1, 5000), "writer not granted after the reader phase");
+	hold_release(&w1);
+	cr_assert_eq(r1.met + r2.met + r3.met, 3, "the phase's readers never met");
+	cr_assert_eq(w1.rc, 0);
+	destroy(km);
+}
+
+/* A reader waits for at most one writer phase: readers queued behind two
+ * writers are granted as soon as the holding writer leaves, before either
+ * writer. Old rule: writer, reader, writer, reader. */
+Test(modes_phase, reader_waits_one_writer_phase)
+{
+	struct km *km = mk(0, 0);
+	struct km_guard x;
+	static struct hold w1, r1, w2, r2;
+
+	cr_assert_eq(km_lock(km, KEY("k"), &x), 0);
+	phase_queue(&w1, km, 0, 1, NULL, 0);
+	phase_queue(&r1, km, KM_SHARED, 2, NULL, 0);
+	phase_queue(&w2, km, 0, 3, NULL, 0);
+	phase_queue(&r2, km, KM_SHARED, 4, NULL, 0);
+	cr_assert_eq(km_unlock(&x), 0);
+	cr_assert(wait_entered(&r1, 2000), "reader waited for a second writer phase");
+	cr_assert(wait_entered(&r2, 2000), "reader behind two writers waited for another phase");
+	cr_assert(phase_not_entered(&w1), "writer granted beside the readers");
+	cr_assert(phase_not_entered(&w2));
+	hold_release(&r1);
+	hold_release(&r2);
+	cr_assert(wait_entered(&w1, 5000), "first writer not next");
+	cr_assert(phase_not_entered(&w2), "second writer granted beside the first");
+	hold_release(&w1);
+	cr_assert(wait_entered(&w2, 5000));
+	hold_release(&w2);
+	cr_assert_lt(r1.seq, w1.seq);
+	cr_assert_lt(r2.seq, w1.seq);
+	cr_assert_lt(w1.seq, w2.seq);
+	destroy(km);
+}
+
+/* A writer waits for at most one reader phase: readers keep arriving while
+ * it waits, and queue behind it; when the holding readers leave, it goes
+ * before all of them, and they go together when it leaves. */
+Test(modes_phase, writer_waits_one_reader_phase)
+{
+	enum { N = 4 };
+	struct km *km = mk(0, 0);
+	struct km_guard x, s;
+	static struct hold r0, w1, late[N];
+	struct km_guard g;
+
+	/* A reader phase under way while the writer queues: r0 was granted
+	 * with the end of a writer phase (x), then w1 queued. */
+	cr_assert_eq(km_lock(km, KEY("k"), &x), 0);
+	phase_queue(&r0, km, KM_SHARED, 1, NULL, 0);
+	cr_assert_eq(km_unlock(&x), 0);
+	cr_assert(wait_entered(&r0, 5000));
+	cr_assert_eq(km_lock_shared(km, KEY("k"), &s), 0, "reader fast path with no writer");
+	phase_queue(&w1, km, 0, 1, NULL, 0);
+	/* Readers arriving now do not join the phase. */
+	kt_poison(&g);
+	cr_assert_eq(km_trylock_shared(km, KEY("k"), &g), EBUSY,
+		     "a reader joined the phase past a waiting writer");
+	cr_assert(kt_guard_zero(&g));
+	for (int i = 0; i < N; i++)
+		phase_queue(&late[i], km, KM_SHARED, (size_t)i + 2, NULL, 0);
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(atomic_load(&late[i].entered), 0, "late reader %d joined the phase", i);
+	cr_assert_eq(km_unlock(&s), 0);
+	hold_release(&r0);
+	cr_assert(wait_entered(&w1, 5000), "writer not granted when its reader phase ended");
+	for (int i = 0; i < N; i++)
+		cr_assert(phase_not_entered(&late[i]), "late reader %d granted beside the writer", i);
+	hold_release(&w1);
+	for (int i = 0; i < N; i++)
+		cr_assert(wait_entered(&late[i], 5000), "late reader %d not granted after the writer", i);
+	struct km_stats st = kt_stats(km);
+	cr_assert_eq(st.holders, N, "the late readers do not hold together");
+	for (int i = 0; i < N; i++) {
+		hold_release(&late[i]);
+		cr_assert_lt(w1.seq, late[i].seq);
+	}
+	destroy(km);
+}
+
+/* Readers that never stop (two threads, overlapping holds, the key never
+ * free) cannot keep a writer out: it gets in within its deadline, and some
+ * reader acquires after it asked wait for it. */
+struct phase_stream {
+	struct km *km;
+	atomic_int stop;
+	atomic_long acquired;
+	int rc;
+};
+
+static void *phase_reader_loop(void *p)
+{
+	struct phase_stream *ps = p;
+
+	while (!atomic_load(&ps->stop)) {
+		struct km_guard g;
+		int rc = km_lock_shared(ps->km, KEY("k"), &g);
+
+		if (rc != 0) {
+			ps->rc = rc;
+			return NULL;
+		}
+		atomic_fetch_add(&ps->acquired, 1);
+		kt_sleep_us(200);	/* overlaps the other reader's hold */
+		km_unlock(&g);
+	}
+	return NULL;
+}
+
+Test(modes_phase, writer_not_starved_by_reader_stream)
+{
+	struct km *km = mk(0, 0);
+	static struct phase_stream ps;
+	pthread_t th[3];
+	struct km_guard g;
+
+	memset(&ps, 0, sizeof ps);
+	ps.km = km;
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(pthread_create(&th[i], NULL, phase_reader_loop, &ps), 0);
+	while (atomic_load(&ps.acquired) < 50)
+		kt_sleep_us(1000);
+	for (int round = 0; round < 20; round++) {
+		struct timespec dl = kt_deadline_ms(2000);
+		struct km_lock_options o = { .deadline = &dl };
+
+		cr_assert_eq(km_acquire(km, KEY("k"), &o, &g), 0,
+			     "writer starved by a reader stream (round %d)", round);
+		cr_assert_eq(km_unlock(&g), 0);
+		kt_sleep_us(2000);
+	}
+	atomic_store(&ps.stop, 1);
+	for (int i = 0; i < 3; i++)
+		pthread_join(th[i], NULL);
+	cr_assert_eq(ps.rc, 0);
+	destroy(km);
+}
+
+/* KM_FIFO keeps strict queue order (Web Locks): writer, reader, writer,
+ * reader, one at a time. */
+Test(modes_phase, fifo_keeps_strict_order)
+{
+	struct km *km = mk(KM_FIFO, 0);
+	struct km_guard x;
+	static struct hold w1, r1, w2, r2;
+
+	cr_assert_eq(km_lock(km, KEY("k"), &x), 0);
+	phase_queue(&w1, km, 0, 1, NULL, 0);
+	phase_queue(&r1, km, KM_SHARED, 2, NULL, 0);
+	phase_queue(&w2, km, 0, 3, NULL, 0);
+	phase_queue(&r2, km, KM_SHARED, 4, NULL, 0);
+	cr_assert_eq(km_unlock(&x), 0);
+	cr_assert(wait_entered(&w1, 5000));
+	cr_assert(phase_not_entered(&r1), "KM_FIFO: reader passed the writer ahead of it");
+	cr_assert(phase_not_entered(&r2));
+	hold_release(&w1);
+	cr_assert(wait_entered(&r1, 5000));
+	cr_assert(phase_not_entered(&r2), "KM_FIFO: reader passed the writer ahead of it");
+	cr_assert(phase_not_entered(&w2));
+	hold_release(&r1);
+	cr_assert(wait_entered(&w2, 5000));
+	cr_assert(phase_not_entered(&r2));
+	hold_release(&w2);
+	cr_assert(wait_entered(&r2, 5000));
+	hold_release(&r2);
+	cr_assert_lt(w1.seq, r1.seq);
+	cr_assert_lt(r1.seq, w2.seq);
+	cr_assert_lt(w2.seq, r2.seq);
+	destroy(km);
+}
+
+/* Async and sync, shared and exclusive, in one queue: a writer's release
+ * grants every shared request, sync (woken) and async (completed), in one
+ * go; then the sync writer; then the async writer. */
+static atomic_long phase_async_seq[3];
+static atomic_int phase_async_status[3];
+
+static void phase_ready(struct km_request *req, int status)
+{
+	int i = (int)(intptr_t)req->arg;
+
+	atomic_store(&phase_async_status[i], status);
+	atomic_store(&phase_async_seq[i], atomic_fetch_add(&g_seq, 1) + 1);
+}
+
+Test(modes_phase, async_and_sync_mixed)
+{
+	struct km *km = mk(0, 0);
+	struct km_guard x;
+	static struct km_request a[3];	/* a0 shared, a1 shared, a2 exclusive */
+	static struct hold w1, r1;
+	struct km_lock_options sh = { .flags = KM_SHARED };
+
+	for (int i = 0; i < 3; i++) {
+		memset(&a[i], 0, sizeof a[i]);
+		a[i].ready = phase_ready;
+		a[i].arg = (void *)(intptr_t)i;
+		atomic_store(&phase_async_seq[i], 0);
+		atomic_store(&phase_async_status[i], -1);
+	}
+	cr_assert_eq(km_lock(km, KEY("k"), &x), 0);
+	cr_assert_eq(km_acquire_async(km, KEY("k"), &sh, &a[0]), EINPROGRESS);
+	phase_queue(&w1, km, 0, 2, NULL, 0);
+	phase_queue(&r1, km, KM_SHARED, 3, NULL, 0);
+	cr_assert_eq(km_acquire_async(km, KEY("k"), &sh, &a[1]), EINPROGRESS);
+	cr_assert_eq(km_acquire_async(km, KEY("k"), NULL, &a[2]), EINPROGRESS);
+	cr_assert_eq(kt_stats(km).waiters, 5);
+
+	cr_assert_eq(km_unlock(&x), 0);	/* ready() of a0, a1 runs here */
+	cr_assert_neq(atomic_load(&phase_async_seq[0]), 0, "async reader ahead not granted");
+	cr_assert_neq(atomic_load(&phase_async_seq[1]), 0,
+		      "async reader behind the writer not granted with the phase");
+	cr_assert_eq(atomic_load(&phase_async_seq[2]), 0, "async writer granted beside readers");
+	cr_assert(wait_entered(&r1, 2000), "sync reader behind the writer not granted with the phase");
+	struct km_stats st = kt_stats(km);
+	cr_assert_eq(st.holders, 3);
+	cr_assert_eq(st.waiters, 2);
+	cr_assert(phase_not_entered(&w1));
+
+	cr_assert_eq(km_unlock(&a[0].guard), 0);
+	cr_assert_eq(km_unlock(&a[1].guard), 0);
+	hold_release(&r1);
+	cr_assert(wait_entered(&w1, 5000), "sync writer not next");
+	cr_assert_eq(atomic_load(&phase_async_seq[2]), 0);
+	hold_release(&w1);	/* ready() of a2 runs on w1's thread */
+	for (int i = 0; i < 200 && atomic_load(&phase_async_seq[2]) == 0; i++)
+		kt_sleep_us(10000);
+	cr_assert_neq(atomic_load(&phase_async_seq[2]), 0, "async writer never granted");
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(atomic_load(&phase_async_status[i]), 0);
+	cr_assert_eq(km_unlock(&a[2].guard), 0);
+	destroy(km);
+}
+
+/* A waiting reader that gives up leaves the phase rule intact: the writer
+ * phase's other readers are still granted together, and a reader that
+ * times out behind a writer does not keep HANDOFF from serving the writer. */
+Test(modes_phase, reader_timeout_inside_queue)
+{
+	struct km *km = mk(0, 0);
+	struct km_guard x;
+	static struct hold w1, r1, r2;
+
+	cr_assert_eq(km_lock(km, KEY("k"), &x), 0);
+	phase_queue(&w1, km, 0, 1, NULL, 0);
+	memset(&r1, 0, sizeof r1);
+	hold_start(&r1, km, "k", KM_SHARED, NULL, 200);
+	cr_assert(kt_wait_waiters(km, 2, 5000));
+	phase_queue(&r2, km, KM_SHARED, 3, NULL, 0);
+	cr_assert(wait_entered(&r1, 5000));
+	cr_assert_eq(r1.rc, ETIMEDOUT);
+	cr_assert(kt_wait_waiters(km, 2, 5000));
+	cr_assert_eq(km_unlock(&x), 0);
+	cr_assert(wait_entered(&r2, 2000), "remaining reader not granted with the phase");
+	cr_assert(phase_not_entered(&w1));
+	hold_release(&r2);
+	cr_assert(wait_entered(&w1, 5000));
+	hold_release(&w1);
+	hold_release(&r1);
+	destroy(km);
+}
+
 TestSuite(modes_owner, .timeout = 30);
 
 /* Sums the holders km_query reports. */
