@@ -11,9 +11,9 @@
 #             exhaustive (~20 s, ~1.5 GB)
 #     async   async PREP/QUEUED/cancel against reclamation (< 1 s)
 #     owner   the owner/recursion rule of KM_RECURSIVE tables (< 1 s)
-#     wait    the waiting protocol: safety, and the async head's liveness
-#             under weak fairness (acceptance cycles, pan -a -f) (~60 s,
-#             ~0.5 GB)
+#     wait    the waiting protocol: safety, and the async and sync heads'
+#             liveness under weak fairness (acceptance cycles, pan -a -f)
+#             (~60 s, ~0.7 GB)
 #   model/check.sh --long       entry also with 3 clients, bitstate
 #                               (supertrace) search with a time budget
 #                               (KM_MODEL_LONG_SECONDS, default 900 per
@@ -31,22 +31,6 @@ if [ "${1:-}" = "--long" ]; then
 	shift
 fi
 models=${*:-entry async owner wait}
-check_wait() {
-	use wait
-	EX="-DCOLLAPSE"
-	verify "2 sync waiters, async, barger, 1 round each (exhaustive)" pass "$EX" "-m1000000 -w24" -DITER=1
-	verify "2 sync waiters, async, 2 rounds each (exhaustive)" pass "$EX" "-m1000000 -w24" -DNB=0 -DITER=2
-	verify "1 sync waiter, async, 2 bargers, 2 rounds (exhaustive)" pass "$EX" "-m1000000 -w24" -DNS=1 -DNB=2 -DITER=2
-	verify "+ timeouts: 2 sync, async, barger, 1 round (exhaustive)" pass "$EX" "-m1000000 -w24" -DTIMEOUT -DITER=1
-	verify "+ timeouts: 1 sync, async, 2 bargers, 2 rounds (exhaustive)" pass "$EX" "-m1000000 -w24" -DTIMEOUT -DNS=1 -DNB=2 -DITER=2
-	expect_end=1
-	verify "control: park announced by a plain store (lost wake-up)" fail "$EX" "-m1000000 -w22" -DPARK_STORE -DITER=1
-	expect_end=0
-	mode=liveness
-	verify "liveness: the async head is granted (weak fairness)" pass "$EX" "-m1000000 -w24 -a -f -N async_head" -DLIVE -DNS=1 -DNB=2
-	verify "control: old HANDOFF rules starve the async head" fail "$EX" "-m1000000 -w22 -a -f -N async_head" -DLIVE -DNS=1 -DNB=2 -DOLD_HANDOFF
-	verify "known gap, expected to fail: a sync head is not woken while bargers alternate" fail "$EX" "-m1000000 -w22 -a -f -N sync_head" -DLIVE -DNS=1 -DNB=2 -DFAIR_QLOCK
-}
 
 for m in $models; do
 	[ -f "$here/$m.pml" ] || { echo "check.sh: no model $m ($here/$m.pml)" >&2; exit 2; }
@@ -170,11 +154,14 @@ check_wait() {
 	verify "+ timeouts: 1 sync, async, 2 bargers, 2 rounds (exhaustive)" pass "$EX" "-m1000000 -w24" -DTIMEOUT -DNS=1 -DNB=2 -DITER=2
 	expect_end=1
 	verify "control: park announced by a plain store (lost wake-up)" fail "$EX" "-m1000000 -w22" -DPARK_STORE -DITER=1
+	verify "control: overdue head clears WAKING from a stale WOKEN (16ef3ab)" fail "$EX" "-m1000000 -w22" -DSTALE_WOKEN -DITER=1
 	expect_end=0
 	mode=liveness
 	verify "liveness: the async head is granted (weak fairness)" pass "$EX" "-m1000000 -w24 -a -f -N async_head" -DLIVE -DNS=1 -DNB=2
 	verify "control: old HANDOFF rules starve the async head" fail "$EX" "-m1000000 -w22 -a -f -N async_head" -DLIVE -DNS=1 -DNB=2 -DOLD_HANDOFF
-	verify "known gap, expected to fail: a sync head is not woken while bargers alternate" fail "$EX" "-m1000000 -w22 -a -f -N sync_head" -DLIVE -DNS=1 -DNB=2 -DFAIR_QLOCK
+	verify "liveness: a parked sync head gets the key (weak fairness, fair qlock)" pass "$EX" "-m1000000 -w24 -a -f -N sync_head" -DLIVE -DNS=1 -DNB=2 -DFAIR_QLOCK -DNO_ASYNC
+	verify "control: no self-wake at the bound starves the sync head" fail "$EX" "-m1000000 -w22 -a -f -N sync_head" -DLIVE -DNS=1 -DNB=2 -DFAIR_QLOCK -DNO_ASYNC -DNO_SELF_WAKE
+	verify "known gap, expected to fail: a waiter that becomes the head while parked" fail "$EX" "-m1000000 -w22 -a -f -N sync_head" -DLIVE -DNS=1 -DNB=1 -DFAIR_QLOCK
 }
 
 for m in $models; do

@@ -21,6 +21,13 @@
  *     outside the qlock while the key is held, retry as the head: take the
  *     key if free, else ask for a direct hand-off (HANDOFF) once past the
  *     fairness bound; else park again;
+ *   - the head's self-wake (commit 16ef3ab): a waiter that was the head,
+ *     with no HANDOFF set, when it last looked (under the qlock: on joining
+ *     and before each re-park) parks with a timeout at the fairness bound;
+ *     the timeout fires (nondeterministically) only once the waiter is
+ *     past the bound; a waiter that wakes not woken but the head, past the
+ *     bound, no HANDOFF set (overdue), retries as a woken head would, and
+ *     clears WAKING only if it was woken (WOKEN, read when it retries);
  *   - the fairness bound: a clock process that, for a queued sync waiter,
  *     eventually (weak fairness) sets "past the bound"; it resets when the
  *     waiter leaves the queue;
@@ -35,7 +42,9 @@
  *     for HANDOFF or an async head, granted directly (the hold taken on its
  *     behalf, dequeued, status GRANTED, woken the same way if sync);
  *   - with -DTIMEOUT, a sync waiter may also time out after a wake-up and
- *     leave the queue (km_leave_queue: let the next proceed).
+ *     leave the queue (km_leave_queue: let the next proceed);
+ *   - with -DNO_ASYNC, no async request (the sync waiter, alone in the
+ *     queue, is its head from the moment it joins).
  *
  * Properties:
  *   W1 mutual exclusion (assertion): at most one thread in the critical
@@ -47,7 +56,9 @@
  *   W3 liveness of the head (ltl, pan -a -f, weak fairness, processes loop
  *      forever): a queued async request is eventually granted
  *      (ltl async_head), a queued sync waiter eventually gets the key
- *      (ltl sync_head).
+ *      (ltl sync_head; holds for a waiter that is the head when it parks,
+ *      -DNO_ASYNC; a waiter that becomes the head while parked without the
+ *      timeout can still starve: model/check.sh runs it as a known gap).
  *
  * The rule of the fix (defect 3): HANDOFF is set whenever the queue's head
  * is a waiter only a direct grant serves (async or shared); it is
@@ -64,7 +75,16 @@
  *                  between each other's release and dispatch, forever);
  *   -DPARK_STORE   km_park announces the sleep with a plain store instead
  *                  of the CAS from WAIT: a wake that came first is
- *                  overwritten and the waiter sleeps for ever (W2).
+ *                  overwritten and the waiter sleeps for ever (W2);
+ *   -DNO_SELF_WAKE the code before 16ef3ab: the head parks without the
+ *                  bound's timeout and only a woken head retries: W3
+ *                  sync_head fails (two bargers alternate through each
+ *                  other's release-to-dispatch gap; nobody wakes the head);
+ *   -DSTALE_WOKEN  16ef3ab as committed: an overdue head decides whether
+ *                  to clear WAKING from the WOKEN flag it read before it
+ *                  spun outside the qlock; a dispatch that woke it in that
+ *                  window leaves WAKING set after it takes the key, and no
+ *                  release wakes the next waiter (W2, invalid end state).
  *
  * SPDX-License-Identifier: MIT
  */
@@ -116,6 +136,13 @@ byte holder = NONE;
 byte incrit;
 
 #define DIRECT(w) ((w) == AS)	/* served only by a direct grant */
+#ifndef NO_SELF_WAKE
+/* Not woken, but the head, past the fairness bound, no HANDOFF yet: an
+ * overdue head retries as a woken head would (under the qlock). */
+#define OVERDUE(p) (q[0] == (p) && !handoff && passed[p])
+#else
+#define OVERDUE(p) false
+#endif
 #define MAY_BARGE (hold == 0 && (nw == 0 || !handoff))
 
 /* The fix: HANDOFF follows the (new) head. */
@@ -289,14 +316,17 @@ inline park(p)
 		:: else -> skip
 		fi
 	   };
-#ifndef TIMEOUT
-	   !sleeping[p];
-#else
 	   if
 	   :: !sleeping[p]
+#ifdef TIMEOUT
 	   :: atomic { sleeping[p] -> sleeping[p] = 0; break }	/* ETIMEDOUT */
-	   fi;
 #endif
+#ifndef NO_SELF_WAKE
+	   /* ETIMEDOUT at the fairness bound: only a head that parked with
+	    * it (tmo), and only once past the bound */
+	   :: atomic { sleeping[p] && tmo && passed[p] -> sleeping[p] = 0; break }
+#endif
+	   fi;
 #ifdef PARK_STORE
 	   if
 	   :: fx[p] == FX_WAKE -> break
@@ -310,6 +340,9 @@ proctype sync_waiter(byte p)
 {
 	byte i, w = NONE, pw = NONE, n, tk;
 	bool dd, go, got, took;
+	bool hd;	/* at the queue's head when last looked (under the qlock) */
+	bool tmo;	/* parked with a timeout at the fairness bound */
+	bool wk;	/* woken (KM_WF_WOKEN) when the wake was consumed */
 
 #ifdef LIVE
 end:
@@ -337,7 +370,7 @@ end:
 		atomic {
 			if
 			:: MAY_BARGE -> take(p); got = 1
-			:: else -> nw++; qappend(p); fx[p] = FX_WAIT
+			:: else -> nw++; qappend(p); fx[p] = FX_WAIT; hd = (q[0] == p)
 			fi
 		};
 		qunlock();
@@ -346,16 +379,27 @@ end:
 		:: else -> skip
 		fi;
 		do
-		:: park(p);
+		:: /* the park's timeout: the fairness bound, for an exclusive
+		    * head with no HANDOFF set yet (a relaxed read, no qlock) */
+#ifndef NO_SELF_WAKE
+			tmo = (hd && !handoff);
+#endif
+			park(p);
 			qlock();
-			fx[p] = FX_WAIT;		/* consume the wake */
+			atomic { fx[p] = FX_WAIT; tmo = 0 }	/* consume the wake */
 			if
 			:: st[p] == ST_GRANTED -> qunlock(); break
 			:: else -> skip
 			fi;
+			atomic {
+				wk = woken[p];
+				if
+				:: wk -> assert(q[0] == p && waking)	/* W2: the woken one is the head */
+				:: else -> skip
+				fi
+			};
 			if
-			:: woken[p] ->
-				assert(q[0] == p && waking);	/* W2: the woken one is the head */
+			:: wk || OVERDUE(p) ->
 				if
 				:: hold != 0 ->
 					/* spin outside the qlock for the holder to
@@ -369,9 +413,20 @@ end:
 				:: else -> skip
 				fi;
 				atomic {
+					/* retry as the head; WAKING is ours to clear
+					 * only if we were woken: before we looked, or,
+					 * an overdue head, by a dispatch while we spun
+					 * outside the qlock */
+					if
+#ifndef STALE_WOKEN
+					:: woken[p] -> waking = 0
+#else
+					:: wk -> waking = 0
+#endif
+					:: else -> skip
+					fi;
 					woken[p] = 0;
-					/* retry as the head */
-					waking = 0;
+					wk = 0;
 					if
 					:: hold == 0 ->
 						take(p);
@@ -397,6 +452,7 @@ end:
 				fi
 			:: else -> skip
 			fi;
+			wk = 0;
 #ifdef TIMEOUT
 			/* the deadline passed: leave the queue (km_leave_queue) */
 			if
@@ -412,6 +468,7 @@ end:
 				took = (q[0] == p);
 #endif
 				qremove(p);
+				hd = 0;
 				st[p] = ST_IDLE;
 				if
 				:: nw == 0 -> handoff = 0; waking = 0
@@ -431,8 +488,11 @@ end:
 			   goto next
 			fi;
 #endif
+			hd = (q[0] == p);
 			qunlock()
 		od;
+		hd = 0;
+		wk = 0;
 		deliver();
 have:
 		st[p] = ST_IDLE;
@@ -558,7 +618,9 @@ init {
 		:: k < NS -> run sync_waiter(k); k++
 		:: k == NS -> break
 		od;
+#ifndef NO_ASYNC
 		run async_request(AS);
+#endif
 		k = 0;
 		do
 		:: k < NB -> run barger(AS + 1 + k); k++
