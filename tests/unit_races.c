@@ -81,6 +81,18 @@ static void *unlock_held(void *arg)
 	return NULL;
 }
 
+/* If this thread is armed (*armed), disarm it, say so, and stop here until
+ * the test lets it go on. */
+static void pause_once(int *armed)
+{
+	if (!*armed)
+		return;
+	*armed = 0;
+	sem_post(&H.paused);
+	while (sem_wait(&H.resume) != 0)
+		;
+}
+
 static int hook(int point, void *arg)
 {
 	switch (point) {
@@ -103,12 +115,7 @@ static int hook(int point, void *arg)
 		}
 		break;
 	case KM_HOOK_WAITER_AWAKE:
-		if (tl_pause_awake) {
-			tl_pause_awake = 0;
-			sem_post(&H.paused);
-			while (sem_wait(&H.resume) != 0)
-				;
-		}
+		pause_once(&tl_pause_awake);
 		break;
 	case KM_HOOK_RELEASE_DISPATCH:
 		if (tl_try_on_dispatch) {
@@ -136,12 +143,7 @@ static int hook(int point, void *arg)
 		atomic_fetch_add(&H.create_calls, 1);
 		return H.fail_create;
 	case KM_HOOK_RECLAIM_ROUND:
-		if (tl_pause_round) {
-			tl_pause_round = 0;
-			sem_post(&H.paused);
-			while (sem_wait(&H.resume) != 0)
-				;
-		}
+		pause_once(&tl_pause_round);
 		break;
 	case KM_HOOK_POOL_COUNT:
 		if (tl_pool_count) {
