@@ -535,24 +535,27 @@ static void *trylock_loop(void *arg)
 	return NULL;
 }
 
-struct shared_waiter {
+/* A thread that locks "k" (shared or not), notes how long it waited, and
+ * unlocks at once. */
+struct timed_lock {
 	struct km *km;
+	int shared;
 	atomic_int done;
 	uint64_t waited_ns;
 	int rc;
 };
 
-static void *lock_shared_timed(void *arg)
+static void *lock_timed(void *arg)
 {
-	struct shared_waiter *s = arg;
+	struct timed_lock *t = arg;
 	struct km_guard g;
 	uint64_t t0 = kt_now_ns();
 
-	s->rc = km_lock_shared(s->km, "k", 1, &g);
-	s->waited_ns = kt_now_ns() - t0;
-	if (s->rc == 0)
+	t->rc = t->shared ? km_lock_shared(t->km, "k", 1, &g) : km_lock(t->km, "k", 1, &g);
+	t->waited_ns = kt_now_ns() - t0;
+	if (t->rc == 0)
 		(void)km_unlock(&g);
-	atomic_store(&s->done, 1);
+	atomic_store(&t->done, 1);
 	return NULL;
 }
 
@@ -573,14 +576,14 @@ Test(races, async_and_shared_waiters_are_served_under_trylock_hammering)
 		cr_assert_eq(pthread_create(&th[i], NULL, trylock_loop, &h), 0);
 	for (int r = 0; r < ROUNDS; r++) {
 		struct queued_async a;
-		struct shared_waiter s = { .km = h.km };
+		struct timed_lock s = { .km = h.km, .shared = 1 };
 		pthread_t ts;
 		uint64_t t0 = kt_now_ns();
 
 		memset(&a, 0, sizeof a);
 		a.req.ready = count_ready;
 		a.req.arg = &a;
-		cr_assert_eq(pthread_create(&ts, NULL, lock_shared_timed, &s), 0);
+		cr_assert_eq(pthread_create(&ts, NULL, lock_timed, &s), 0);
 		int rc = km_acquire_async(h.km, "k", 1, NULL, &a.req);
 
 		cr_assert(rc == 0 || rc == EINPROGRESS);
@@ -881,29 +884,9 @@ static int barge_hook(int point, void *arg)
 	return 0;
 }
 
-struct head_waiter {
-	struct km *km;
-	atomic_int got;
-	uint64_t waited_ns;
-};
-
-static void *lock_head(void *arg)
-{
-	struct head_waiter *w = arg;
-	struct km_guard g;
-	uint64_t t0 = kt_now_ns();
-
-	if (km_lock(w->km, "k", 1, &g) == 0) {
-		w->waited_ns = kt_now_ns() - t0;
-		atomic_store(&w->got, 1);
-		(void)km_unlock(&g);
-	}
-	return NULL;
-}
-
 Test(races, parked_head_is_served_while_bargers_take_every_release)
 {
-	struct head_waiter w = { 0 };
+	struct timed_lock w = { 0 };
 	struct km_guard g;
 	pthread_t t;
 	uint64_t limit = 500000000ull * (uint64_t)kt_time_scale(), t0;
@@ -913,20 +896,20 @@ Test(races, parked_head_is_served_while_bargers_take_every_release)
 	H.km = w.km = table(0, 0);
 	km__hook_set(barge_hook);
 	cr_assert_eq(km_lock(H.km, "k", 1, &g), 0);
-	cr_assert_eq(pthread_create(&t, NULL, lock_head, &w), 0);
+	cr_assert_eq(pthread_create(&t, NULL, lock_timed, &w), 0);
 	cr_assert(kt_wait_waiters(H.km, 1, 10000));
 	/* Every release of this loop is barged into between its release CAS
 	 * and its dispatch (the hook takes the key for the next round), so
 	 * no dispatch ever finds the key free to wake the head with. */
 	tl_barge_in_window = 1;
 	t0 = kt_now_ns();
-	while (!atomic_load(&w.got) && kt_now_ns() - t0 < limit) {
+	while (!atomic_load(&w.done) && kt_now_ns() - t0 < limit) {
 		atomic_store(&g_barged_ok, 0);
 		cr_assert_eq(km_unlock(&g), 0);
 		if (!atomic_load(&g_barged_ok)) {
 			/* The barge was refused: the head is being served. */
 			holding = false;
-			while (!atomic_load(&w.got) && kt_now_ns() - t0 < limit)
+			while (!atomic_load(&w.done) && kt_now_ns() - t0 < limit)
 				kt_sleep_us(100);
 			break;
 		}
@@ -935,11 +918,12 @@ Test(races, parked_head_is_served_while_bargers_take_every_release)
 		kt_sleep_us(20);	/* hold it a little, as a real holder would */
 	}
 	tl_barge_in_window = 0;
-	bool served = atomic_load(&w.got) != 0;
+	bool served = atomic_load(&w.done) != 0;
 
 	if (holding)
 		cr_assert_eq(km_unlock(&g), 0);	/* let it through (then fail) */
 	cr_assert_eq(pthread_join(t, NULL), 0);
+	cr_assert_eq(w.rc, 0);
 	cr_assert(served, "the parked head waited %.0f ms while %ld releases were barged into",
 		  limit / 1e6, rounds);
 	cr_log_info("head served after %.3f ms, %ld barged releases\n", w.waited_ns / 1e6, rounds);

@@ -461,6 +461,17 @@ static void phase_queue(struct hold *h, struct km *km, unsigned flags, size_t n,
 	cr_assert(kt_wait_waiters(km, n, 5000), "request %zu never queued", n);
 }
 
+/* Hold "k" in x, then queue writer, reader, writer, reader behind it. */
+static void queue_writer_reader_twice(struct km *km, struct km_guard *x, struct hold *w1,
+				      struct hold *r1, struct hold *w2, struct hold *r2)
+{
+	cr_assert_eq(km_lock(km, KEY("k"), x), 0);
+	phase_queue(w1, km, 0, 1, NULL, 0);
+	phase_queue(r1, km, KM_SHARED, 2, NULL, 0);
+	phase_queue(w2, km, 0, 3, NULL, 0);
+	phase_queue(r2, km, KM_SHARED, 4, NULL, 0);
+}
+
 static bool phase_not_entered(struct hold *h)
 {
 	kt_sleep_us(20000);
@@ -511,11 +522,7 @@ Test(modes_phase, reader_waits_one_writer_phase)
 	struct km_guard x;
 	static struct hold w1, r1, w2, r2;
 
-	cr_assert_eq(km_lock(km, KEY("k"), &x), 0);
-	phase_queue(&w1, km, 0, 1, NULL, 0);
-	phase_queue(&r1, km, KM_SHARED, 2, NULL, 0);
-	phase_queue(&w2, km, 0, 3, NULL, 0);
-	phase_queue(&r2, km, KM_SHARED, 4, NULL, 0);
+	queue_writer_reader_twice(km, &x, &w1, &r1, &w2, &r2);
 	cr_assert_eq(km_unlock(&x), 0);
 	cr_assert(wait_entered(&r1, 2000), "reader waited for a second writer phase");
 	cr_assert(wait_entered(&r2, 2000), "reader behind two writers waited for another phase");
@@ -645,11 +652,7 @@ Test(modes_phase, fifo_keeps_strict_order)
 	struct km_guard x;
 	static struct hold w1, r1, w2, r2;
 
-	cr_assert_eq(km_lock(km, KEY("k"), &x), 0);
-	phase_queue(&w1, km, 0, 1, NULL, 0);
-	phase_queue(&r1, km, KM_SHARED, 2, NULL, 0);
-	phase_queue(&w2, km, 0, 3, NULL, 0);
-	phase_queue(&r2, km, KM_SHARED, 4, NULL, 0);
+	queue_writer_reader_twice(km, &x, &w1, &r1, &w2, &r2);
 	cr_assert_eq(km_unlock(&x), 0);
 	cr_assert(wait_entered(&w1, 5000));
 	cr_assert(phase_not_entered(&r1), "KM_FIFO: reader passed the writer ahead of it");
